@@ -1,0 +1,264 @@
+"""Unbiased Monte Carlo estimates of V_1..V_K with standard errors (paired-difference pick-freeze).
+
+For each base point x draw m >= 2 independent complements z^1..z^m (same law as x) and
+evaluate F at every hybrid point (x_v, z^j_-v) for all v with |v| <= K (the S subsets,
+common to all u: common random numbers). The Moebius transform over the subset lattice
+
+    Delta_u(x, z) = sum_{v subset u} (-1)^{|u|-|v|} F(x_v, z_-v)
+
+keeps only the components f_w with w containing u, and averaging over z kills every w != u
+(a variable of w \\ u takes a z value and f_w integrates to zero over it), so
+E[Delta_u(x, z) | x] = f_u(x). For independent z, z' given x,
+E[Delta_u(x, z) Delta_u(x, z')] = E f_u(x)^2 = Var f_u. The U-statistic over the m(m-1)/2
+pairs of complements gives, per base point, P_u(x) = ((sum_j D_j)^2 - sum_j D_j^2) / (m(m-1)),
+an unbiased estimate whose points are iid over x — so the standard error of
+V_k = mean_x sum_{|u|=k} P_u(x) is the plain standard error of a mean. Var F is estimated per
+point by the sample variance of the m+1 iid values F(x), F(z^1), .., F(z^m) (one extra
+evaluation per point), and the tail V_>K = Var F - sum_k V_k uses the per-point differences,
+so its standard error accounts for the correlation between the pieces.
+
+The Moebius transform is done as the fast subset transform (one vectorized subtraction per
+variable, sum_u |u| operations) rather than a dense [S, S] matrix product (S^2): for d = 25,
+K = 3 that is 7,525 instead of 6.9M multiply-adds per evaluation row.
+Cost: n (m S + 1) evaluations; S = sum_{k<=K} C(d, k) (2,626 for d = 25, K = 3).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from ..data import Normal, Uniform
+from ..device import resolve_device
+from .effects import EffectSizes
+
+
+def subsets_up_to(d: int, K: int) -> list[tuple[int, ...]]:
+    """All subsets of range(d) of size 0..K, by size then lexicographically."""
+    return [u for k in range(min(K, d) + 1) for u in itertools.combinations(range(d), k)]
+
+
+def moebius_steps(subsets: list[tuple[int, ...]], d: int) -> list[tuple[list[int], list[int]]]:
+    """Per variable i: (indices of u containing i, indices of u \\ {i}) for the fast transform."""
+    index = {u: j for j, u in enumerate(subsets)}
+    steps = []
+    for i in range(d):
+        child = [j for j, u in enumerate(subsets) if i in u]
+        parent = [index[tuple(v for v in subsets[j] if v != i)] for j in child]
+        steps.append((child, parent))
+    return steps
+
+
+def _draw(dist: Uniform | Normal, rng: np.random.Generator, b: int, m: int) -> np.ndarray:
+    """[b, m+1, d] float64: row 0 the base point, rows 1..m its complements."""
+    shape = (b, m + 1, dist.d)
+    if isinstance(dist, Uniform):
+        return dist.low + (dist.high - dist.low) * rng.random(shape)
+    return dist.mean + dist.std * rng.standard_normal(shape)
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class _Evaluator:
+    """Calls f on a [N, d] float64 tensor and returns [R, N] float64 on `device`."""
+
+    def __init__(self, f, device: torch.device, input: str, dtype: str):
+        if not callable(f):
+            raise ValueError(f"f: expected a callable [n, d] -> [n] or [R, n], got {type(f)}")
+        if input not in ("auto", "numpy", "torch"):
+            raise ValueError(f"input: expected 'auto', 'numpy' or 'torch', got {input!r}")
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+        if input == "auto":
+            input = "torch" if isinstance(f, torch.nn.Module) else "numpy"
+        self.f, self.device, self.input = f, device, input
+        self.dtype = getattr(torch, dtype)
+        self.replica_axis: bool | None = None
+
+    def __call__(self, Q: torch.Tensor) -> torch.Tensor:
+        n = Q.shape[0]
+        if self.input == "torch":
+            with torch.no_grad():
+                y = self.f(Q.to(self.dtype))
+        else:
+            y = self.f(Q.to(self.dtype).cpu().numpy())
+        y = torch.as_tensor(y).to(device=self.device, dtype=torch.float64)
+        if y.ndim not in (1, 2) or y.shape[-1] != n:
+            raise ValueError(f"f: expected output [n] or [R, n] with n={n}, got {tuple(y.shape)}")
+        self.replica_axis = y.ndim == 2
+        return y if y.ndim == 2 else y[None]
+
+
+def _default_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 4)
+    return 512 << 20
+
+
+def decompose(
+    f,
+    dist: Uniform | Normal,
+    max_order: int = 3,
+    n: int = 1000,
+    complements: int = 2,
+    seed: int = 0,
+    device: str = "auto",
+    max_memory: int | None = None,
+    batch_size: int | None = None,
+    target: float | None = None,
+    min_n: int = 200,
+    return_subsets: bool = False,
+    input: str = "auto",
+    dtype: str = "float64",
+) -> EffectSizes:
+    """Unbiased V_1..V_K, V_>K and Var F of F under `dist`, each with its standard error.
+
+    f: callable [N, d] -> [N] or [R, N] (numpy in/out, or torch in/out with input="torch";
+    an nn.Module is called with a torch tensor on `device`). n: number of base points (the
+    maximum when `target` is set). complements: m >= 2 complements per base point.
+    target: stop early once every stderr <= target * total variance (all replicas), after at
+    least min_n base points. batch_size: base points per chunk; by default sized so the
+    query rows and outputs fit `max_memory` bytes (CPU 512 MiB, CUDA a quarter of free).
+    Result: variance_by_order [(R,) K+1], stderr the same shape; info holds the total's
+    stderr, the covariance of (V_1..V_K, V_>K, Var F), evaluation counts and the device.
+    """
+    if not isinstance(dist, (Uniform, Normal)):
+        raise ValueError(f"dist: expected fg.Uniform or fg.Normal, got {type(dist).__name__}")
+    K = _check_int("max_order", max_order, 1)
+    n = _check_int("n", n, 2)
+    m = _check_int("complements", complements, 2)
+    seed = _check_int("seed", seed, 0)
+    min_n = _check_int("min_n", min_n, 2)
+    if target is not None and not (isinstance(target, (int, float)) and target > 0):
+        raise ValueError(f"target: expected a positive relative stderr or None, got {target!r}")
+    dev = resolve_device(device)
+    ev = _Evaluator(f, dev, input, dtype)
+    d = dist.d
+
+    subsets = subsets_up_to(d, K)  # S subsets, subsets[0] = ()
+    S = len(subsets)
+    mask = torch.zeros(S, d, dtype=torch.bool, device=dev)
+    for j, u in enumerate(subsets):
+        mask[j, list(u)] = True
+    steps = [
+        (torch.tensor(c, device=dev), torch.tensor(p, device=dev))
+        for c, p in moebius_steps(subsets, d)
+    ]
+    onehot = torch.zeros(S, K, dtype=torch.float64, device=dev)  # u -> order column
+    for j in range(1, S):
+        onehot[j, len(subsets[j]) - 1] = 1.0
+
+    rows_per_point = m * S + 1
+    if batch_size is None:
+        budget = max_memory if max_memory is not None else _default_budget(dev)
+        budget = _check_int("max_memory", budget, 1)
+        probe = ev(torch.as_tensor(_draw(dist, np.random.default_rng(seed), 1, 1)[:, 0],
+                                   device=dev))  # [R, 1]: learn R cheaply
+        R = probe.shape[0]
+        per_point = rows_per_point * (8 * d + 8 * 5 * R)  # queries + output and 4 work copies
+        batch_size = max(1, min(n, budget // per_point))
+    batch_size = _check_int("batch_size", batch_size, 1)
+
+    rng = np.random.default_rng(seed)
+    sums = None  # running sums over base points of A and A A^T, A = [Q_1..Q_K, T] per point
+    psum = psq = None
+    done = 0
+    while done < n:
+        b = min(batch_size, n - done)
+        pts = torch.as_tensor(_draw(dist, rng, b, m), device=dev)  # [b, m+1, d]
+        x, z = pts[:, 0], pts[:, 1:]
+        hyb = torch.where(mask[None, None], x[:, None, None, :], z[:, :, None, :])  # [b,m,S,d]
+        y = ev(torch.cat([hyb.reshape(-1, d), x], dim=0))  # [R, b*m*S + b]
+        R = y.shape[0]
+        Y = y[:, : b * m * S].reshape(R, b, m, S)
+        fx = y[:, b * m * S :]  # [R, b]
+        D = Y.clone()
+        for child, parent in steps:  # fast Moebius transform over the subset lattice
+            D[..., child] -= D[..., parent]
+        s1, s2 = D.sum(dim=2), (D * D).sum(dim=2)  # [R, b, S]
+        P = (s1 * s1 - s2) / (m * (m - 1))  # per-point unbiased Var f_u, [R, b, S]
+        vals = torch.cat([fx[..., None], Y[..., 0]], dim=2)  # F(x), F(z^1..m): [R, b, m+1]
+        T = vals.var(dim=2, unbiased=True)  # [R, b]
+        A = torch.cat([P @ onehot, T[..., None]], dim=2)  # [R, b, K+1]
+        if sums is None:
+            shift = A.mean(dim=1, keepdim=True)  # [R, 1, K+1], for a stable second moment
+            sums = [torch.zeros(R, K + 1, dtype=torch.float64, device=dev),
+                    torch.zeros(R, K + 1, K + 1, dtype=torch.float64, device=dev)]
+            psum = torch.zeros(R, S, dtype=torch.float64, device=dev)
+            psq = torch.zeros(R, S, dtype=torch.float64, device=dev)
+        Ac = A - shift
+        sums[0] += Ac.sum(dim=1)
+        sums[1] += Ac.transpose(1, 2) @ Ac
+        if return_subsets:
+            psum += P.sum(dim=1)
+            psq += (P * P).sum(dim=1)
+        done += b
+        if target is not None and done >= min_n and done < n:
+            est, cov = _moments(sums, shift, done, K)
+            se = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2)[:, : K + 1])
+            if bool((se <= target * est[:, -1:]).all()):
+                break
+
+    est, cov = _moments(sums, shift, done, K)  # [R, K+2], [R, K+2, K+2]
+    est, cov = est.cpu().numpy(), cov.cpu().numpy()
+    se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    vbo, total, vse, tse = est[:, : K + 1], est[:, K + 1], se[:, : K + 1], se[:, K + 1]
+    info = {
+        "device": str(dev),
+        "n": done,
+        "complements": m,
+        "subsets": S,
+        "evaluations": done * rows_per_point,
+        "total_stderr": tse,
+        "cov": cov,  # covariance of the estimates (V_1..V_K, V_>K, Var F)
+        "batch_size": batch_size,
+    }
+    if return_subsets:
+        mean = (psum / done).cpu().numpy()
+        var = ((psq / done).cpu().numpy() - mean**2) * done / (done - 1)
+        sse = np.sqrt(np.maximum(var, 0.0) / done)
+        info["subset_variances"] = {u: mean[:, j] for j, u in enumerate(subsets) if j}
+        info["subset_stderr"] = {u: sse[:, j] for j, u in enumerate(subsets) if j}
+    if not ev.replica_axis:
+        vbo, total, vse, tse = vbo[0], total[0], vse[0], tse[0]
+        info["total_stderr"], info["cov"] = tse, cov[0]
+        for key in ("subset_variances", "subset_stderr"):
+            if key in info:
+                info[key] = {u: float(v[0]) for u, v in info[key].items()}
+    return EffectSizes(
+        variance_by_order=vbo,
+        total_variance=np.asarray(total),
+        stderr=vse,
+        method="sobol",
+        max_order=K,
+        info=info,
+    )
+
+
+def _moments(sums, shift, n: int, K: int):
+    """Estimates [R, K+2] = (V_1..V_K, V_>K, Var F) and their covariance [R, K+2, K+2]."""
+    mean_c = sums[0] / n  # [R, K+1], shifted
+    mean = mean_c + shift[:, 0]
+    C = (sums[1] / n - mean_c[:, :, None] * mean_c[:, None, :]) * (n / (n - 1))  # per point
+    L = torch.zeros(K + 2, K + 1, dtype=torch.float64, device=mean.device)
+    L[:K, :K] = torch.eye(K, dtype=torch.float64)
+    L[K, :K] = -1.0  # tail = T - sum_k Q_k
+    L[K, K] = 1.0
+    L[K + 1, K] = 1.0  # total = T
+    est = mean @ L.T
+    cov = L @ C @ L.T / n
+    return est, cov
+
+
+def budget_evaluations(d: int, max_order: int, n: int, complements: int = 2) -> int:
+    """Number of F evaluations decompose() makes for these sizes (per replica)."""
+    S = sum(math.comb(d, k) for k in range(min(max_order, d) + 1))
+    return n * (complements * S + 1)

@@ -1,0 +1,154 @@
+"""sobol: unbiased Monte Carlo order variances vs exact values, and its own stderr."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import fanova_gpu as fg
+from fanova_gpu.decompose.sobol import budget_evaluations, moebius_steps, subsets_up_to
+from fanova_gpu.functions import g_function, ishigami, random_product_sum
+
+
+def _within(res, f, K, z=4.0):
+    exact = f.variance_by_order(K)
+    tol = z * res.stderr + 1e-12 * f.total_variance  # entries that are exactly 0 have se ~ 0
+    assert np.all(np.abs(res.variance_by_order - exact) <= tol), (res.variance_by_order, exact,
+                                                                 res.stderr)
+    assert abs(res.total_variance - f.total_variance) <= z * res.info["total_stderr"]
+
+
+def test_moebius_steps_match_dense_inversion():
+    # the fast transform equals sum_{v subset u} (-1)^{|u|-|v|} g(v), computed by enumeration
+    d, K = 5, 3
+    subs = subsets_up_to(d, K)
+    g = np.random.default_rng(0).normal(size=len(subs))
+    D = g.copy()
+    for child, parent in moebius_steps(subs, d):
+        D[child] -= D[parent]
+    index = {u: j for j, u in enumerate(subs)}
+    for j, u in enumerate(subs):
+        ref = sum((-1) ** (len(u) - len(v)) * g[index[v]]
+                  for r in range(len(u) + 1) for v in itertools.combinations(u, r))
+        assert D[j] == pytest.approx(ref, abs=1e-12)
+    assert len(subsets_up_to(25, 3)) == 2626
+    assert budget_evaluations(25, 3, 1000, 2) == 1000 * (2 * 2626 + 1)
+
+
+def test_g_function_within_4_stderr():
+    f = g_function([0.0, 1.0, 4.5, 9.0, 99.0, 99.0])
+    res = fg.decompose(f, f.dist, method="sobol", max_order=3, n=3000, complements=3, seed=1)
+    assert res.method == "sobol" and res.stderr.shape == (4,)
+    _within(res, f, 3)
+    assert res.info["evaluations"] == 3000 * (3 * 42 + 1)
+
+
+def test_ishigami_within_4_stderr():
+    f = ishigami()
+    res = fg.decompose(f, f.dist, method="sobol", max_order=2, n=4000, seed=2)
+    _within(res, f, 2)
+
+
+def test_d25_product_sum_orders_1_to_4():
+    f = random_product_sum(d=25, orders=[1, 2, 3, 4, 1, 2], seed=7)
+    res = fg.decompose(f, f.dist, method="sobol", max_order=3, n=300, seed=3)
+    assert res.info["subsets"] == 2626
+    _within(res, f, 3)
+    assert f.variance_by_order(3)[3] > 0  # the order-4 term lands in the tail
+
+
+def test_subset_variances_within_4_stderr():
+    f = g_function([0.0, 0.5, 3.0, 9.0])
+    res = fg.decompose(f, f.dist, method="sobol", max_order=2, n=3000, seed=4,
+                       return_subsets=True)
+    exact = f.subset_variances()
+    sv, se = res.info["subset_variances"], res.info["subset_stderr"]
+    assert len(sv) == 4 + 6
+    for u, v in sv.items():
+        assert abs(v - exact[u]) <= 4 * se[u], u
+
+
+def test_stderr_is_calibrated_over_seeds():
+    # spread of 25 independent estimates vs the stderr each run reports: ratio within 1.5
+    f = g_function([0.0, 1.0, 2.0, 9.0])
+    runs = [fg.decompose(f, f.dist, method="sobol", max_order=2, n=400, seed=s)
+            for s in range(25)]
+    est = np.array([np.r_[r.variance_by_order, r.total_variance] for r in runs])  # [25, 4]
+    se = np.array([np.r_[r.stderr, r.info["total_stderr"]] for r in runs])
+    ratio = est.std(axis=0, ddof=1) / np.sqrt((se**2).mean(axis=0))
+    assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), ratio
+    # and the mean over seeds is unbiased: within 4 stderr of the mean of 25 runs
+    exact = np.r_[f.variance_by_order(2), f.total_variance]
+    assert np.all(np.abs(est.mean(0) - exact) <= 4 * est.std(0, ddof=1) / 5)
+
+
+def test_replica_axis_equals_per_replica_calls_and_chunking():
+    fs = [random_product_sum(d=5, orders=[1, 2, 3], seed=s) for s in range(3)]
+    dist = fs[0].dist
+
+    def batched(X):
+        return np.stack([f(X) for f in fs])  # [R, n]
+
+    res = fg.decompose(batched, dist, method="sobol", max_order=2, n=150, seed=5, batch_size=40)
+    assert res.variance_by_order.shape == (3, 3) and res.stderr.shape == (3, 3)
+    assert res.total_variance.shape == (3,)
+    for r, f in enumerate(fs):
+        one = fg.decompose(f, dist, method="sobol", max_order=2, n=150, seed=5, batch_size=150)
+        np.testing.assert_allclose(res.variance_by_order[r], one.variance_by_order, rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(res.stderr[r], one.stderr, rtol=1e-7, atol=1e-12)
+
+
+def test_torch_module_input():
+    f = random_product_sum(d=4, orders=[1, 2], seed=2, kinds=("x", "x2"))
+    enc = f.encode()
+
+    class Poly(torch.nn.Module):  # the same polynomial, in torch, with a replica axis
+        def forward(self, X):
+            out = torch.zeros(X.shape[0], dtype=X.dtype)
+            for t in range(len(enc["coef"])):
+                val = torch.full_like(out, float(enc["coef"][t]))
+                for j in range(enc["nfac"][t]):
+                    zz = float(enc["a"][t, j]) * X[:, int(enc["var"][t, j])] + float(enc["c"][t, j])
+                    base = zz if enc["kind"][t, j] == 0 else zz * zz
+                    val = val * (base + float(enc["b"][t, j]))
+                out = out + val
+            return out[None]
+
+    a = fg.decompose(Poly(), f.dist, method="sobol", max_order=2, n=200, seed=1, device="cpu")
+    b = fg.decompose(f, f.dist, method="sobol", max_order=2, n=200, seed=1)
+    assert a.variance_by_order.shape == (1, 3)
+    np.testing.assert_allclose(a.variance_by_order[0], b.variance_by_order, rtol=1e-9,
+                               atol=1e-12)
+    assert a.info["device"] == "cpu"
+
+
+def test_target_stops_early():
+    f = g_function([0.0, 1.0, 9.0])
+    res = fg.decompose(f, f.dist, method="sobol", max_order=2, n=100_000, seed=0,
+                       batch_size=100, target=0.02, min_n=200)
+    assert res.info["n"] < 100_000
+    assert np.all(res.stderr <= 0.02 * res.total_variance)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"complements": 1}, "complements"),
+        ({"n": 1}, "n"),
+        ({"seed": -1}, "seed"),
+        ({"device": "tpu"}, "device"),
+        ({"input": "jax"}, "input"),
+        ({"target": -0.1}, "target"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_input_names_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        fg.decompose(lambda X: X[:, 0], fg.Uniform(d=2), method="sobol", **kwargs)
+
+
+def test_bad_output_shape_names_f():
+    with pytest.raises(ValueError, match="f"):
+        fg.decompose(lambda X: X, fg.Uniform(d=2), method="sobol", n=10)
