@@ -485,7 +485,8 @@ def theorem2(dist, p: float, max_order: int = 3, basis: str = "x", n: int = 2000
 class ShrinkageReport:
     """S(p) = Cov(F(X), F(X_M, Z_-M)) measured by mask sampling vs sum_k (1-p)^k V_k.
 
-    measured, stderr, predicted, predicted_stderr, zero_imputed: [R] (one per replica).
+    measured, stderr, predicted, predicted_stderr, zero_imputed (Cov(F(X), F(X*M))),
+    zero_stderr: [R] (one per replica).
     predicted counts orders > K at half of (1-p)^(K+1) V_>K, its bound's midpoint; the
     half-width is added to the tolerance.
     """
@@ -496,6 +497,7 @@ class ShrinkageReport:
     predicted: np.ndarray
     predicted_stderr: np.ndarray
     zero_imputed: np.ndarray
+    zero_stderr: np.ndarray
     tolerance: np.ndarray
     ok: bool
     variance_by_order: np.ndarray
@@ -545,7 +547,9 @@ def masked_shrinkage(run_or_f, dist, p: float, n: int = 20_000, seed: int = 0,
     prod = a * (FM - FM.mean(axis=1, keepdims=True))  # [R, n]
     measured = prod.sum(axis=1) / (n - 1)
     se = prod.std(axis=1, ddof=1) / math.sqrt(n)
-    zero = (a * (F0 - F0.mean(axis=1, keepdims=True))).sum(axis=1) / (n - 1)
+    prod0 = a * (F0 - F0.mean(axis=1, keepdims=True))
+    zero = prod0.sum(axis=1) / (n - 1)
+    zero_se = prod0.std(axis=1, ddof=1) / math.sqrt(n)
     if variance_by_order is None:
         res = decompose(run_or_f.predict if hasattr(run_or_f, "predict") else run_or_f, dist,
                         method="sobol", max_order=max_order, **decompose_kwargs)
@@ -562,5 +566,6 @@ def masked_shrinkage(run_or_f, dist, p: float, n: int = 20_000, seed: int = 0,
     tol = z * np.sqrt(se**2 + pred_se**2) + rest + 1e-12
     ok = bool(np.all(np.abs(measured - predicted) <= tol))
     return ShrinkageReport(p=p, measured=measured, stderr=se, predicted=predicted,
-                           predicted_stderr=pred_se, zero_imputed=zero, tolerance=tol, ok=ok,
+                           predicted_stderr=pred_se, zero_imputed=zero, zero_stderr=zero_se,
+                           tolerance=tol, ok=ok,
                            variance_by_order=V, info={"n": n, "device": str(dev), "z": z})
