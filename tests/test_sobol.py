@@ -142,6 +142,8 @@ def test_target_stops_early():
         ({"input": "jax"}, "input"),
         ({"target": -0.1}, "target"),
         ({"batch_size": 0}, "batch_size"),
+        ({"sampler": "halton"}, "sampler"),
+        ({"scrambles": 1}, "scrambles"),
     ],
 )
 def test_bad_input_names_field(kwargs, field):
@@ -152,3 +154,16 @@ def test_bad_input_names_field(kwargs, field):
 def test_bad_output_shape_names_f():
     with pytest.raises(ValueError, match="f"):
         fg.decompose(lambda X: X, fg.Uniform(d=2), method="sobol", n=10)
+
+
+def test_scrambled_sobol_sampler_within_4_stderr_and_calibrated():
+    f = g_function([0.0, 1.0, 2.0, 9.0])
+    runs = [fg.decompose(f, f.dist, method="sobol", max_order=2, n=512, seed=s, sampler="sobol",
+                         scrambles=8) for s in range(25)]
+    assert runs[0].info["n"] == 512 and runs[0].info["groups"] == 8
+    for r in runs[:3]:
+        _within(r, f, 2)
+    est = np.array([np.r_[r.variance_by_order, r.total_variance] for r in runs])
+    se = np.array([np.r_[r.stderr, r.info["total_stderr"]] for r in runs])
+    ratio = est.std(axis=0, ddof=1) / np.sqrt((se**2).mean(axis=0))
+    assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), ratio

@@ -30,6 +30,8 @@ import math
 
 import numpy as np
 import torch
+from scipy.special import ndtri
+from scipy.stats import qmc
 
 from ..data import Normal, Uniform
 from ..device import resolve_device
@@ -96,6 +98,57 @@ class _Evaluator:
         return y if y.ndim == 2 else y[None]
 
 
+def _from_unit(dist: Uniform | Normal, U: np.ndarray) -> np.ndarray:
+    """Map points of [0, 1)^k to `dist` coordinatewise."""
+    if isinstance(dist, Uniform):
+        return dist.low + (dist.high - dist.low) * U
+    return dist.mean + dist.std * ndtri(np.clip(U, 1e-300, 1.0 - 1e-16))
+
+
+def _point_chunks(dist, n: int, m: int, seed: int, sampler: str, scrambles: int, batch: int):
+    """Yield (points [b, m+1, d] float64, end_of_group). Random: every point is its own group;
+    sobol: `scrambles` independent scrambled Sobol' nets of 2^k points each (one group each).
+    """
+    if sampler == "random":
+        rng = np.random.default_rng(seed)
+        for start in range(0, n, batch):
+            yield _draw(dist, rng, min(batch, n - start), m), True
+        return
+    log2 = max(1, int(math.floor(math.log2(max(2, n // scrambles)))))
+    for g in range(scrambles):
+        eng = qmc.Sobol((m + 1) * dist.d, scramble=True, seed=np.random.default_rng([seed, g]))
+        pts = _from_unit(dist, eng.random_base2(log2).reshape(-1, m + 1, dist.d))
+        for start in range(0, len(pts), batch):
+            yield pts[start : start + batch], start + batch >= len(pts)
+
+
+class _Stats:
+    """Running mean and covariance-of-the-mean of iid observation vectors [R, p]."""
+
+    def __init__(self, full: bool):
+        self.full, self.k, self.shift = full, 0, None
+
+    def add(self, A: torch.Tensor) -> None:  # A: [R, b, p], b observations
+        if self.shift is None:
+            self.shift = A.mean(dim=1, keepdim=True)  # stabilizes the second moment
+            R, _, p = A.shape
+            self.s1 = torch.zeros(R, p, dtype=A.dtype, device=A.device)
+            shape = (R, p, p) if self.full else (R, p)
+            self.s2 = torch.zeros(shape, dtype=A.dtype, device=A.device)
+        Ac = A - self.shift
+        self.s1 += Ac.sum(dim=1)
+        self.s2 += Ac.transpose(1, 2) @ Ac if self.full else (Ac * Ac).sum(dim=1)
+        self.k += A.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        return self.shift[:, 0] + self.s1 / self.k
+
+    def cov_of_mean(self) -> torch.Tensor:
+        mc = self.s1 / self.k
+        outer = mc[:, :, None] * mc[:, None, :] if self.full else mc * mc
+        return (self.s2 / self.k - outer) / (self.k - 1)
+
+
 def _default_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -116,6 +169,8 @@ def decompose(
     target: float | None = None,
     min_n: int = 200,
     return_subsets: bool = False,
+    sampler: str = "random",
+    scrambles: int = 16,
     input: str = "auto",
     dtype: str = "float64",
 ) -> EffectSizes:
@@ -127,6 +182,9 @@ def decompose(
     target: stop early once every stderr <= target * total variance (all replicas), after at
     least min_n base points. batch_size: base points per chunk; by default sized so the
     query rows and outputs fit `max_memory` bytes (CPU 512 MiB, CUDA a quarter of free).
+    sampler: "random" (iid points; stderr from the n per-point values) or "sobol" (randomized
+    QMC: `scrambles` independent scrambled Sobol' nets of 2^floor(log2(n / scrambles)) points
+    each, the stderr from the spread of the per-net estimates; smaller errors on smooth F).
     Result: variance_by_order [(R,) K+1], stderr the same shape; info holds the total's
     stderr, the covariance of (V_1..V_K, V_>K, Var F), evaluation counts and the device.
     """
@@ -139,6 +197,9 @@ def decompose(
     min_n = _check_int("min_n", min_n, 2)
     if target is not None and not (isinstance(target, (int, float)) and target > 0):
         raise ValueError(f"target: expected a positive relative stderr or None, got {target!r}")
+    if sampler not in ("random", "sobol"):
+        raise ValueError(f"sampler: expected 'random' or 'sobol', got {sampler!r}")
+    scrambles = _check_int("scrambles", scrambles, 2)
     dev = resolve_device(device)
     ev = _Evaluator(f, dev, input, dtype)
     d = dist.d
@@ -167,13 +228,14 @@ def decompose(
         batch_size = max(1, min(n, budget // per_point))
     batch_size = _check_int("batch_size", batch_size, 1)
 
-    rng = np.random.default_rng(seed)
-    sums = None  # running sums over base points of A and A A^T, A = [Q_1..Q_K, T] per point
-    psum = psq = None
-    done = 0
-    while done < n:
-        b = min(batch_size, n - done)
-        pts = torch.as_tensor(_draw(dist, rng, b, m), device=dev)  # [b, m+1, d]
+    # observations: per point (random) or per scrambled net (sobol) of A = [Q_1..Q_K, T]
+    stats, sub_stats = _Stats(full=True), _Stats(full=False)
+    gA = gP = None
+    gn = done = 0
+    chunks = _point_chunks(dist, n, m, seed, sampler, scrambles, batch_size)
+    for pts_np, group_end in chunks:
+        b = len(pts_np)
+        pts = torch.as_tensor(pts_np, device=dev)  # [b, m+1, d]
         x, z = pts[:, 0], pts[:, 1:]
         hyb = torch.where(mask[None, None], x[:, None, None, :], z[:, :, None, :])  # [b,m,S,d]
         y = ev(torch.cat([hyb.reshape(-1, d), x], dim=0))  # [R, b*m*S + b]
@@ -188,26 +250,30 @@ def decompose(
         vals = torch.cat([fx[..., None], Y[..., 0]], dim=2)  # F(x), F(z^1..m): [R, b, m+1]
         T = vals.var(dim=2, unbiased=True)  # [R, b]
         A = torch.cat([P @ onehot, T[..., None]], dim=2)  # [R, b, K+1]
-        if sums is None:
-            shift = A.mean(dim=1, keepdim=True)  # [R, 1, K+1], for a stable second moment
-            sums = [torch.zeros(R, K + 1, dtype=torch.float64, device=dev),
-                    torch.zeros(R, K + 1, K + 1, dtype=torch.float64, device=dev)]
-            psum = torch.zeros(R, S, dtype=torch.float64, device=dev)
-            psq = torch.zeros(R, S, dtype=torch.float64, device=dev)
-        Ac = A - shift
-        sums[0] += Ac.sum(dim=1)
-        sums[1] += Ac.transpose(1, 2) @ Ac
-        if return_subsets:
-            psum += P.sum(dim=1)
-            psq += (P * P).sum(dim=1)
         done += b
-        if target is not None and done >= min_n and done < n:
-            est, cov = _moments(sums, shift, done, K)
+        if sampler == "random":
+            stats.add(A)
+            if return_subsets:
+                sub_stats.add(P)
+        else:  # one observation per scrambled net: its mean
+            gA = A.sum(dim=1) if gA is None else gA + A.sum(dim=1)
+            if return_subsets:
+                gP = P.sum(dim=1) if gP is None else gP + P.sum(dim=1)
+            gn += b
+            if group_end:
+                stats.add((gA / gn)[:, None])
+                if return_subsets:
+                    sub_stats.add((gP / gn)[:, None])
+                gA = gP = None
+                gn = 0
+        enough = done >= min_n and stats.k >= (2 if sampler == "random" else 4)
+        if target is not None and enough and group_end:
+            est, cov = _moments(stats, K)
             se = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2)[:, : K + 1])
             if bool((se <= target * est[:, -1:]).all()):
                 break
 
-    est, cov = _moments(sums, shift, done, K)  # [R, K+2], [R, K+2, K+2]
+    est, cov = _moments(stats, K)  # [R, K+2], [R, K+2, K+2]
     est, cov = est.cpu().numpy(), cov.cpu().numpy()
     se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     vbo, total, vse, tse = est[:, : K + 1], est[:, K + 1], se[:, : K + 1], se[:, K + 1]
@@ -220,11 +286,12 @@ def decompose(
         "total_stderr": tse,
         "cov": cov,  # covariance of the estimates (V_1..V_K, V_>K, Var F)
         "batch_size": batch_size,
+        "sampler": sampler,
+        "groups": stats.k,  # iid observations behind the stderr (points, or scrambled nets)
     }
     if return_subsets:
-        mean = (psum / done).cpu().numpy()
-        var = ((psq / done).cpu().numpy() - mean**2) * done / (done - 1)
-        sse = np.sqrt(np.maximum(var, 0.0) / done)
+        mean = sub_stats.mean().cpu().numpy()
+        sse = np.sqrt(np.maximum(sub_stats.cov_of_mean().cpu().numpy(), 0.0))
         info["subset_variances"] = {u: mean[:, j] for j, u in enumerate(subsets) if j}
         info["subset_stderr"] = {u: sse[:, j] for j, u in enumerate(subsets) if j}
     if not ev.replica_axis:
@@ -243,19 +310,15 @@ def decompose(
     )
 
 
-def _moments(sums, shift, n: int, K: int):
+def _moments(stats: _Stats, K: int):
     """Estimates [R, K+2] = (V_1..V_K, V_>K, Var F) and their covariance [R, K+2, K+2]."""
-    mean_c = sums[0] / n  # [R, K+1], shifted
-    mean = mean_c + shift[:, 0]
-    C = (sums[1] / n - mean_c[:, :, None] * mean_c[:, None, :]) * (n / (n - 1))  # per point
+    mean, C = stats.mean(), stats.cov_of_mean()  # [R, K+1], [R, K+1, K+1]
     L = torch.zeros(K + 2, K + 1, dtype=torch.float64, device=mean.device)
     L[:K, :K] = torch.eye(K, dtype=torch.float64)
     L[K, :K] = -1.0  # tail = T - sum_k Q_k
     L[K, K] = 1.0
     L[K + 1, K] = 1.0  # total = T
-    est = mean @ L.T
-    cov = L @ C @ L.T / n
-    return est, cov
+    return mean @ L.T, L @ C @ L.T
 
 
 def budget_evaluations(d: int, max_order: int, n: int, complements: int = 2) -> int:
