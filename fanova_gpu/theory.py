@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import erf
 
 # kind codes of functions.KIND_CODES, evaluated here on arrays: g(x) = base(a x + c) + b
-KIND_NAMES = ("x", "x2", "sin", "cos", "exp", "abs")
+KIND_NAMES = ("x", "x2", "sin", "cos", "exp", "abs", "x3", "x4")
 
 
 def _check_p(p: float) -> float:
@@ -78,6 +78,10 @@ def _base(code: int, y: np.ndarray) -> np.ndarray:
         return np.exp(y)
     if code == 5:
         return np.abs(y)
+    if code == 6:
+        return y * y * y
+    if code == 7:
+        return (y * y) * (y * y)
     raise ValueError(f"kind: expected a code in 0..{len(KIND_NAMES) - 1} {KIND_NAMES}, got {code}")
 
 
@@ -89,7 +93,8 @@ def factor_values(code: int, a: float, c: float, b: float, x) -> np.ndarray:
 
 def _antiderivative(code: int, y: float) -> float:
     return float(
-        [y * y / 2, y**3 / 3, -math.cos(y), math.sin(y), math.exp(y), y * abs(y) / 2][code]
+        [y * y / 2, y**3 / 3, -math.cos(y), math.sin(y), math.exp(y), y * abs(y) / 2,
+         y**4 / 4, y**5 / 5][code]
     )
 
 
@@ -112,8 +117,9 @@ def factor_mean(code: int, a: float, c: float, b: float, dist) -> float:
             )
         else:
             mean_abs = 0.0
-        return [m, m * m + s * s, math.sin(m) * damp, math.cos(m) * damp,
-                math.exp(m + s * s / 2), mean_abs][code] + b
+        s2 = s * s
+        return [m, m * m + s2, math.sin(m) * damp, math.cos(m) * damp, math.exp(m + s2 / 2),
+                mean_abs, m**3 + 3 * m * s2, m**4 + 6 * m * m * s2 + 3 * s2 * s2][code] + b
     raise ValueError(f"dist: expected a Uniform or Normal distribution, got {dist!r}")
 
 

@@ -519,13 +519,13 @@ def _as_batched(run_or_f):
 
 def masked_shrinkage(run_or_f, dist, p: float, n: int = 20_000, seed: int = 0,
                      max_order: int = 3, variance_by_order=None, variance_stderr=None,
-                     z: float = 5.0, device: str = "auto", **decompose_kwargs
-                     ) -> ShrinkageReport:
+                     z: float = 5.0, device: str = "auto", n_sobol: int = 1000,
+                     **decompose_kwargs) -> ShrinkageReport:
     """Measure S(p) on a trained ensemble (or any callable) and check it against its orders.
 
     variance_by_order [R, K+1] (and its stderr) default to
-    `decompose(f, dist, method='sobol', max_order=K)`. Rows X ~ dist, masks and Z drawn with a
-    seeded torch generator on `device`.
+    `decompose(f, dist, method='sobol', max_order=K, n=n_sobol)`. Rows X ~ dist, masks drawn
+    with a seeded torch generator on `device`, Z ~ dist (seed + 1).
     """
     import torch
 
@@ -552,7 +552,8 @@ def masked_shrinkage(run_or_f, dist, p: float, n: int = 20_000, seed: int = 0,
     zero_se = prod0.std(axis=1, ddof=1) / math.sqrt(n)
     if variance_by_order is None:
         res = decompose(run_or_f.predict if hasattr(run_or_f, "predict") else run_or_f, dist,
-                        method="sobol", max_order=max_order, **decompose_kwargs)
+                        method="sobol", max_order=max_order, n=n_sobol, seed=seed,
+                        device=device, **decompose_kwargs)
         variance_by_order, variance_stderr = res.variance_by_order, res.stderr
     V = np.atleast_2d(np.asarray(variance_by_order, dtype=np.float64))  # [R, K+1]
     Vse = (np.zeros_like(V) if variance_stderr is None

@@ -170,3 +170,33 @@ def test_subset_enumeration_helper_is_complete():
     assert w.sum() == pytest.approx(1.0, abs=1e-15)
     for k, wk in zip(keep, w, strict=True):
         assert wk == pytest.approx(0.7 ** k.sum() * 0.3 ** (4 - k.sum()), rel=1e-14)
+
+
+def test_product_sums_from_functions_module():
+    from fanova_gpu import functions as fns
+
+    assert tuple(fns.KINDS[: len(th.KIND_NAMES)]) == th.KIND_NAMES
+    f = fns.random_product_sum(6, orders=[1, 2, 3, 4], seed=3,
+                               kinds=("x", "x2", "sin", "cos", "exp", "abs", "x3", "x4"))
+    X = f.dist.sample(10, seed=1)
+    for p in (0.1, 0.5):
+        rep = V.theorem1(f, f.dist, p, X, method="exact")  # rhs: f.shrunk, written separately
+        assert rep.ok and "ProductSum" in rep.info["rhs_source"]
+        np.testing.assert_allclose(rep.lhs, f.shrunk(X, p), atol=1e-10)
+    rep = V.theorem1(f, f.dist, 0.3, X, method="mc", samples=20_000, device="cpu")
+    assert rep.ok
+    with pytest.raises(ValueError, match="dist"):
+        V.theorem1(f, Uniform(-2.0, 2.0, d=6), 0.3, X)
+
+
+def test_masked_shrinkage_against_sobol_orders():
+    from fanova_gpu import functions as fns
+
+    f = fns.random_product_sum(4, orders=[1, 2, 3], seed=5, centered=True)
+    truth_V = f.variance_by_order(3)
+    p = 0.4
+    rep = V.masked_shrinkage(f, f.dist, p, n=20_000, seed=2, max_order=3, n_sobol=2000)
+    truth = th.predicted_shrinkage(truth_V[:3], p)
+    assert abs(rep.measured[0] - truth) <= 5 * rep.stderr[0]
+    assert abs(rep.predicted[0] - truth) <= 5 * rep.predicted_stderr[0] + 1e-12
+    assert rep.ok
