@@ -30,8 +30,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.special import ndtri
-from scipy.stats import qmc
 
 from ..data import Normal, Uniform
 from ..device import resolve_device
@@ -102,6 +100,8 @@ def _from_unit(dist: Uniform | Normal, U: np.ndarray) -> np.ndarray:
     """Map points of [0, 1)^k to `dist` coordinatewise."""
     if isinstance(dist, Uniform):
         return dist.low + (dist.high - dist.low) * U
+    from scipy.special import ndtri
+
     return dist.mean + dist.std * ndtri(np.clip(U, 1e-300, 1.0 - 1e-16))
 
 
@@ -114,6 +114,8 @@ def _point_chunks(dist, n: int, m: int, seed: int, sampler: str, scrambles: int,
         for start in range(0, n, batch):
             yield _draw(dist, rng, min(batch, n - start), m), True
         return
+    from scipy.stats import qmc  # imported here: scipy.stats takes ~0.5 s to import
+
     log2 = max(1, int(math.floor(math.log2(max(2, n // scrambles)))))
     for g in range(scrambles):
         eng = qmc.Sobol((m + 1) * dist.d, scramble=True, seed=np.random.default_rng([seed, g]))
@@ -213,9 +215,7 @@ def decompose(
         (torch.tensor(c, device=dev), torch.tensor(p, device=dev))
         for c, p in moebius_steps(subsets, d)
     ]
-    onehot = torch.zeros(S, K, dtype=torch.float64, device=dev)  # u -> order column
-    for j in range(1, S):
-        onehot[j, len(subsets[j]) - 1] = 1.0
+    sizes = torch.tensor([len(u) for u in subsets], device=dev)  # order of each subset
 
     rows_per_point = m * S + 1
     if batch_size is None:
@@ -235,21 +235,21 @@ def decompose(
     chunks = _point_chunks(dist, n, m, seed, sampler, scrambles, batch_size)
     for pts_np, group_end in chunks:
         b = len(pts_np)
-        pts = torch.as_tensor(pts_np, device=dev)  # [b, m+1, d]
+        pts = torch.as_tensor(pts_np, device=dev).to(ev.dtype)  # [b, m+1, d]
         x, z = pts[:, 0], pts[:, 1:]
-        hyb = torch.where(mask[None, None], x[:, None, None, :], z[:, :, None, :])  # [b,m,S,d]
-        y = ev(torch.cat([hyb.reshape(-1, d), x], dim=0))  # [R, b*m*S + b]
+        hyb = torch.where(mask[:, None, None], x[None, :, None, :], z[None])  # [S, b, m, d]
+        y = ev(torch.cat([hyb.reshape(-1, d), x], dim=0))  # [R, S*b*m + b]
         R = y.shape[0]
-        Y = y[:, : b * m * S].reshape(R, b, m, S)
-        fx = y[:, b * m * S :]  # [R, b]
-        D = Y.clone()
-        for child, parent in steps:  # fast Moebius transform over the subset lattice
-            D[..., child] -= D[..., parent]
-        s1, s2 = D.sum(dim=2), (D * D).sum(dim=2)  # [R, b, S]
-        P = (s1 * s1 - s2) / (m * (m - 1))  # per-point unbiased Var f_u, [R, b, S]
-        vals = torch.cat([fx[..., None], Y[..., 0]], dim=2)  # F(x), F(z^1..m): [R, b, m+1]
+        D = y[:, : S * b * m].reshape(R, S, b, m).transpose(0, 1).contiguous()  # [S, R, b, m]
+        vals = torch.cat([y[:, S * b * m :, None], D[0]], dim=2)  # F(x), F(z^1..m): [R,b,m+1]
         T = vals.var(dim=2, unbiased=True)  # [R, b]
-        A = torch.cat([P @ onehot, T[..., None]], dim=2)  # [R, b, K+1]
+        for child, parent in steps:  # fast Moebius transform over the subset lattice
+            D.index_add_(0, child, D.index_select(0, parent), alpha=-1.0)
+        s1, s2 = D.sum(dim=3), (D * D).sum(dim=3)  # [S, R, b]
+        P = (s1 * s1 - s2) / (m * (m - 1))  # per-point unbiased Var f_u, [S, R, b]
+        Q = torch.zeros(K + 1, R, b, dtype=torch.float64, device=dev).index_add_(0, sizes, P)
+        A = torch.cat([Q[1:], T[None]], dim=0).permute(1, 2, 0)  # [R, b, K+1]
+        P = P.permute(1, 2, 0)  # [R, b, S]
         done += b
         if sampler == "random":
             stats.add(A)
