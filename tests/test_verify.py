@@ -200,3 +200,24 @@ def test_masked_shrinkage_against_sobol_orders():
     assert abs(rep.measured[0] - truth) <= 5 * rep.stderr[0]
     assert abs(rep.predicted[0] - truth) <= 5 * rep.predicted_stderr[0] + 1e-12
     assert rep.ok
+
+
+def test_masked_shrinkage_on_random_relu_nets_vs_sobol():
+    # stacked random ReLU nets [n, d] -> [R, n] stand in for a ReplicaRun's predict
+    rng = np.random.default_rng(0)
+    R, d, w = 2, 3, 16
+    dims = [d, w, w, 1]
+    Ws = [np.stack([rng.uniform(-1, 1, (a, b)) * np.sqrt(6 / (a + b)) for _ in range(R)])
+          for a, b in zip(dims, dims[1:], strict=False)]
+
+    def nets(X):
+        h = np.broadcast_to(np.asarray(X, np.float64), (R, *X.shape))
+        for i, W in enumerate(Ws):
+            h = h @ W
+            h = np.maximum(h, 0.0) if i < len(Ws) - 1 else h
+        return h[..., 0]
+
+    rep = V.masked_shrinkage(nets, Uniform(d=d), 0.3, n=20_000, max_order=3, n_sobol=4000,
+                             seed=3, device="cpu")
+    assert rep.measured.shape == (R,) and np.all(rep.stderr > 0)
+    assert rep.ok  # |measured - sum_k q^k V_k(sobol)| within 5 combined standard errors
