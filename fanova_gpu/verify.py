@@ -187,8 +187,10 @@ def conditional_expectations(f, dist, points, variables, nodes: int = 24) -> dic
     S = tuple(int(v) for v in variables)
     m = points.shape[0]
     if m * (nodes + 1) ** len(S) > 5e7:
-        raise ValueError(f"method: exact quadrature needs {m} x {nodes + 1}^{len(S)} "
-                         "evaluations, too many; use method='mc'")
+        raise ValueError(
+            f"variables: the right side of a callable by quadrature needs {m} x "
+            f"{nodes + 1}^{len(S)} evaluations, too many; pass variables= (the inputs F "
+            "depends on), fewer points or nodes, or a functions.ProductSum")
     out = {}
     for r in range(len(S) + 1):
         for v in itertools.combinations(S, r):
@@ -314,8 +316,10 @@ def theorem1(f, dist, p: float, points, method: str = "auto", form: str = "condi
             method = "exact" if s <= 16 else "mc"
     else:
         S = tuple(range(d)) if variables is None else tuple(int(v) for v in variables)
-        if method == "auto":
-            method = "exact" if X.shape[0] * (nodes + 1) ** len(S) <= 5e7 else "mc"
+        if any(not 0 <= v < d for v in S) or len(set(S)) != len(S):
+            raise ValueError(f"variables: expected distinct input indices in [0, {d}), got {S}")
+        if method == "auto":  # the right side needs the quadrature anyway
+            method = "exact"
         c = conditional_expectations(f, dist, X, S, nodes)
         rhs = _moebius_rhs(c, p)
         info["rhs_source"] = f"Moebius transform of {nodes}-node Gauss quadrature"

@@ -148,3 +148,24 @@ def test_cupy_kernels_match_numpy_reference():
             assert np.array_equal(x, y)
         np.testing.assert_allclose(msc.moments_cupy(5, p, 3000, args),
                                    ms.moments_cpu(5, p, 3000, args), rtol=1e-12, atol=1e-12)
+
+
+def _real_cuda() -> bool:
+    from fanova_gpu.verify import cuda_usable
+
+    return cuda_usable()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _real_cuda(), reason="no CUDA device")
+def test_numba_cuda_on_a_gpu_matches_cpu():
+    _, args = random_args(n_points=33)
+    a = ms.values_cuda(5, 0.3, 2, 300, args)
+    b = ms.values_numpy(5, 0.3, 2, 300, args)
+    assert np.array_equal(a[2], b[2])  # mask words: integer arithmetic, exact
+    # values: a GPU may fuse multiply-adds, so compare to float rounding
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(ms.moments_cuda(5, 0.3, 3000, args, n_chunks=7),
+                               ms.moments_cpu(5, 0.3, 3000, args, n_chunks=7),
+                               rtol=1e-12, atol=1e-12)
