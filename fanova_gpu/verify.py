@@ -350,7 +350,9 @@ def theorem1(f, dist, p: float, points, method: str = "auto", form: str = "condi
             (lhs_c, se_c), (lhs_z, se_z), dev = _mc_callable(f, dist, X, p, n_samples, seed, dev)
             bias_c = bias_z = np.zeros(X.shape[0])
         se, bias = (se_c, bias_c) if form == "conditional" else (se_z, bias_z)
-        tols = z * se + bias + 1e-12 if tolerance is None else np.full(X.shape[0], tolerance)
+        # floor: float rounding of a sum of `samples` values (matters only when se = 0)
+        floor = 1e-9 * (1.0 + np.abs(rhs))
+        tols = z * se + bias + floor if tolerance is None else np.full(X.shape[0], tolerance)
         info["z"] = z
     lhs = lhs_c if form == "conditional" else lhs_z
     err = np.abs(lhs - rhs)

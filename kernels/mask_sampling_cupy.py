@@ -3,7 +3,8 @@
 Its reference is `mask_sampling.values_numpy` (NumPy, same stream): per-sample values and
 mask words agree bit for bit (compiled with --fmad=false so no multiply-add is fused).
 Importing this module never needs CuPy; the kernels compile on first use where CuPy sees a
-device.
+device. Without a GPU the tests compile SOURCE as C++ on the host (launch emulated by loops)
+and compare it with the NumPy reference and the Numba CPU kernel bit for bit.
 """
 
 from __future__ import annotations

@@ -169,3 +169,91 @@ def test_numba_cuda_on_a_gpu_matches_cpu():
     np.testing.assert_allclose(ms.moments_cuda(5, 0.3, 3000, args, n_chunks=7),
                                ms.moments_cpu(5, 0.3, 3000, args, n_chunks=7),
                                rtol=1e-12, atol=1e-12)
+
+
+HOST_STUB = """
+#define __device__
+#define __global__
+#define __forceinline__ inline
+struct D3 { unsigned x; };
+static D3 blockIdx, blockDim, threadIdx;
+"""
+
+HOST_DRIVER = """
+extern "C" void host_values(int blocks, int threads, u64 key, double p_eff, long long s0,
+                            long long n_samples, long long n, long long d, const u64* used,
+                            int n_used, const int* nfac, const u64* slot, int n_terms,
+                            int n_fac, const double* ptab, double* cond, double* zero,
+                            u64* bits) {
+    blockDim.x = threads;
+    for (int b = 0; b < blocks; ++b)
+        for (int t = 0; t < threads; ++t) {
+            blockIdx.x = b; threadIdx.x = t;
+            values(key, p_eff, s0, n_samples, n, d, used, n_used, nfac, slot, n_terms, n_fac,
+                   ptab, cond, zero, bits);
+        }
+}
+
+extern "C" void host_moments(int blocks, int threads, u64 key, double p_eff,
+                             long long n_samples, long long clen, long long n, long long d,
+                             const u64* used, int n_used, const int* nfac, const u64* slot,
+                             int n_terms, int n_fac, const double* ptab, long long n_chunks,
+                             double* partial) {
+    blockDim.x = threads;
+    for (int b = 0; b < blocks; ++b)
+        for (int t = 0; t < threads; ++t) {
+            blockIdx.x = b; threadIdx.x = t;
+            moments(key, p_eff, n_samples, clen, n, d, used, n_used, nfac, slot, n_terms, n_fac,
+                    ptab, n_chunks, partial);
+        }
+}
+"""
+
+
+def test_cupy_kernel_source_run_on_the_host_matches_numpy(tmp_path):
+    """The CuPy kernel's CUDA C, compiled as C++ with the launch emulated by loops."""
+    import ctypes
+    import shutil
+
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    src = tmp_path / "k.cpp"
+    lib = tmp_path / "k.so"
+    src.write_text(HOST_STUB + msc.SOURCE + HOST_DRIVER)
+    subprocess.run([cxx, "-O1", "-ffp-contract=off", "-shared", "-fPIC", str(src), "-o",
+                    str(lib)], check=True, capture_output=True, timeout=120)
+    so = ctypes.CDLL(str(lib))
+    _, args = random_args(n_points=5)
+    S, s0, key = 40, 3, 99
+
+    def ptr(a):
+        return a.ctypes.data_as(ctypes.c_void_p)
+
+    for p in (0.0, 0.35):
+        cond = np.zeros((S, 5))
+        zero = np.zeros((S, 5))
+        bits = np.zeros((S, 5), np.uint64)
+        nfac = np.ascontiguousarray(args["nfac"], np.int32)
+        slot = np.ascontiguousarray(args["slot"], np.uint64)
+        threads = 32
+        blocks = -(-(S * 5) // threads)
+        so.host_values(ctypes.c_int(blocks), ctypes.c_int(threads), ctypes.c_uint64(key),
+                       ctypes.c_double(ms.effective_drop(p)), ctypes.c_longlong(s0),
+                       ctypes.c_longlong(S), ctypes.c_longlong(5), ctypes.c_longlong(D),
+                       ptr(args["used"]), ctypes.c_int(len(args["used"])), ptr(nfac),
+                       ptr(slot), ctypes.c_int(slot.shape[0]), ctypes.c_int(slot.shape[1]),
+                       ptr(args["ptab"]), ptr(cond), ptr(zero), ptr(bits))
+        ref = ms.values_numpy(key, p, s0, S, args)
+        for x, y in zip((cond, zero, bits), ref, strict=True):
+            assert np.array_equal(x, y)
+        C = 3  # same chunking as the Numba CPU kernel -> identical partial sums
+        partial = np.zeros((C, 5, ms.N_MOMENTS))
+        so.host_moments(ctypes.c_int(1), ctypes.c_int(32), ctypes.c_uint64(key),
+                        ctypes.c_double(ms.effective_drop(p)), ctypes.c_longlong(S),
+                        ctypes.c_longlong(ms.chunk_len(S, C)), ctypes.c_longlong(5),
+                        ctypes.c_longlong(D), ptr(args["used"]), ctypes.c_int(len(args["used"])),
+                        ptr(nfac), ptr(slot), ctypes.c_int(slot.shape[0]),
+                        ctypes.c_int(slot.shape[1]), ptr(args["ptab"]), ctypes.c_longlong(C),
+                        ptr(partial))
+        assert np.array_equal(partial.sum(axis=0), ms.moments_cpu(key, p, S, args, n_chunks=C))
