@@ -206,16 +206,29 @@ def conditional_expectations(f, dist, points, variables, nodes: int = 24) -> dic
     return out
 
 
-def _moebius_rhs(c: dict, p: float) -> np.ndarray:
-    """sum_u (1-p)^|u| f_u(x), with f_u = sum_{v subset u} (-1)^{|u|-|v|} c_v, term by term."""
-    rhs = 0.0
+def moebius_components(c: dict) -> dict:
+    """f_u(x) = sum_{v subset u} (-1)^{|u|-|v|} c_v(x) for every u in c (the fANOVA terms)."""
+    out = {}
     for u in c:
         f_u = 0.0
         for r in range(len(u) + 1):
             for v in itertools.combinations(u, r):
                 f_u = f_u + (-1.0) ** (len(u) - r) * c[v]
-        rhs = rhs + (1.0 - p) ** len(u) * f_u
-    return rhs
+        out[u] = f_u
+    return out
+
+
+def components(f, dist, points, variables=None, nodes: int = 24) -> dict:
+    """fANOVA components {u: f_u(points) [m]} of a callable, by quadrature and Moebius."""
+    d = int(dist.d)
+    X = _check_points(points, d)
+    S = tuple(range(d)) if variables is None else tuple(int(v) for v in variables)
+    return moebius_components(conditional_expectations(f, dist, X, S, nodes))
+
+
+def _moebius_rhs(c: dict, p: float) -> np.ndarray:
+    """sum_u (1-p)^|u| f_u(x), summing the components explicitly."""
+    return sum((1.0 - p) ** len(u) * f_u for u, f_u in moebius_components(c).items())
 
 
 def _enumerate_callable(f, c: dict, points, variables, p: float):

@@ -221,3 +221,25 @@ def test_masked_shrinkage_on_random_relu_nets_vs_sobol():
                              seed=3, device="cpu")
     assert rep.measured.shape == (R,) and np.all(rep.stderr > 0)
     assert rep.ok  # |measured - sum_k q^k V_k(sobol)| within 5 combined standard errors
+
+
+def test_quadrature_components_against_the_grid_decomposition():
+    # an independent implementation (decompose.grid: orthonormal basis + Parseval) gives
+    # Var f_u; ours: Moebius of conditional expectations, squared and integrated on a grid
+    from fanova_gpu.decompose import decompose
+    from fanova_gpu.decompose.grid import quadrature
+
+    dist = Uniform(d=3)
+
+    def F(X):
+        return X[:, 0] * X[:, 1] ** 2 + np.sin(X[:, 2]) * X[:, 0] + X[:, 1] * X[:, 2] ** 3
+
+    nodes = 10
+    z, w = quadrature(dist, nodes)
+    G = np.stack(np.meshgrid(z, z, z, indexing="ij"), axis=-1).reshape(-1, 3)
+    W = np.einsum("i,j,k->ijk", w, w, w).reshape(-1)
+    comp = V.components(F, dist, G, nodes=10)
+    truth = decompose(F, dist, method="grid", max_order=3, nodes=nodes,
+                      return_subsets=True).info["subset_variances"]
+    for u, var in truth.items():
+        assert W @ comp[u] ** 2 == pytest.approx(var, abs=1e-10)
