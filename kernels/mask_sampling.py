@@ -18,7 +18,9 @@ ptab [n, T, 2^F, 2] (same multiplication order), so a sample costs one look-up p
 
 Moments: samples are split into C contiguous chunks; task (c, i) accumulates, in sample
 order, sum cond, sum cond^2, sum zero, sum zero^2, sum cond*zero into partial[c, i, :5]
-(float64). The host sums partial over c, so CPU and CUDA results are identical.
+(float64). The host sums partial over c, so the Numba CPU kernel, the CUDA kernel under the
+simulator and the CuPy source built on the host give identical moments (a real GPU may fuse
+multiply-adds in Numba CUDA code: equal to float rounding there; mask words stay exact).
 """
 
 from __future__ import annotations
