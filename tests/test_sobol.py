@@ -78,6 +78,11 @@ def test_stderr_is_calibrated_over_seeds():
     se = np.array([np.r_[r.stderr, r.info["total_stderr"]] for r in runs])
     ratio = est.std(axis=0, ddof=1) / np.sqrt((se**2).mean(axis=0))
     assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), ratio
+    # the shares V_k / Var: delta-method stderr against the spread too
+    fr = np.array([r.variance_by_order / r.total_variance for r in runs])
+    fse = np.array([r.info["fraction_stderr"] for r in runs])
+    fratio = fr.std(axis=0, ddof=1) / np.sqrt((fse**2).mean(axis=0))
+    assert np.all((fratio > 1 / 1.5) & (fratio < 1.5)), fratio
     # and the mean over seeds is unbiased: within 4 stderr of the mean of 25 runs
     exact = np.r_[f.variance_by_order(2), f.total_variance]
     assert np.all(np.abs(est.mean(0) - exact) <= 4 * est.std(0, ddof=1) / 5)

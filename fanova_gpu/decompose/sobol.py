@@ -277,6 +277,12 @@ def decompose(
     est, cov = est.cpu().numpy(), cov.cpu().numpy()
     se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     vbo, total, vse, tse = est[:, : K + 1], est[:, K + 1], se[:, : K + 1], se[:, K + 1]
+    # delta method for the shares V_k / Var F: var(a/T) ~ (var a - 2r cov(a,T) + r^2 var T)/T^2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = vbo / total[:, None]
+        cvt = cov[:, : K + 1, K + 1]
+        fvar = (se[:, : K + 1] ** 2 - 2 * r * cvt + r**2 * (tse**2)[:, None]) / total[:, None] ** 2
+    fse = np.sqrt(np.maximum(fvar, 0.0))
     info = {
         "device": str(dev),
         "n": done,
@@ -284,6 +290,7 @@ def decompose(
         "subsets": S,
         "evaluations": done * rows_per_point,
         "total_stderr": tse,
+        "fraction_stderr": fse,  # stderr of variance_by_order / total_variance (delta method)
         "cov": cov,  # covariance of the estimates (V_1..V_K, V_>K, Var F)
         "batch_size": batch_size,
         "sampler": sampler,
@@ -297,6 +304,7 @@ def decompose(
     if not ev.replica_axis:
         vbo, total, vse, tse = vbo[0], total[0], vse[0], tse[0]
         info["total_stderr"], info["cov"] = tse, cov[0]
+        info["fraction_stderr"] = fse[0]
         for key in ("subset_variances", "subset_stderr"):
             if key in info:
                 info[key] = {u: float(v[0]) for u, v in info[key].items()}
