@@ -32,6 +32,7 @@ import torch
 
 from .device import resolve_device
 from .kernels import dropout_masks as dm
+from .kernels import mlp_head as mh
 from .kernels.rng import derive_key
 
 KINDS = ("input", "activation", "both")
@@ -161,26 +162,44 @@ def init_params(seed: int, d: int, width: int, depth: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def forward_eval(theta: torch.Tensor, X: torch.Tensor, d: int, width: int,
-                 depth: int) -> torch.Tensor:
-    """Predictions without dropout: theta [R, P], X [m, d] -> [R, m]."""
-    R = theta.shape[0]
+def split_params(theta: torch.Tensor, d: int, width: int, depth: int) -> list[torch.Tensor]:
+    """Contiguous per-layer tensors [W_0, b_0, W_1, b_1, ...] from a flat theta [R, P].
+
+    Batched GEMMs need each W_l contiguous over replicas; views into theta are not.
+    """
+    return [t.contiguous() for pair in param_views(theta, d, width, depth) for t in pair]
+
+
+def flat_params(params: list[torch.Tensor]) -> torch.Tensor:
+    """Inverse of `split_params`: [R, P] in the layout W_0, b_0, W_1, b_1, ..."""
+    R = params[0].shape[0]
+    return torch.cat([t.reshape(R, -1) for t in params], dim=1)
+
+
+def forward_eval(params: list[torch.Tensor], X: torch.Tensor, depth: int) -> torch.Tensor:
+    """Predictions without dropout: params from `split_params`, X [m, d] -> [R, m]."""
+    R = params[0].shape[0]
     h = X.expand(R, *X.shape)  # [R, m, d]
-    views = param_views(theta, d, width, depth)
-    for l, (W, b) in enumerate(views):
+    for l, (W, b) in enumerate(zip(params[::2], params[1::2], strict=True)):
         h = torch.baddbmm(b, h, W)  # [R, m, out]
         if l < depth:
             h.clamp_(min=0)
     return h[..., 0]
 
 
-# ----------------------------------------------------------------------------- masks
+# ----------------------------------------------------------------------------- step kernels
 
 
-class _Masks:
-    """Per-replica dropout rates of each mask position and their keys at a given step."""
+class _Ops:
+    """The non-GEMM parts of a training step for one chunk, on one backend.
 
-    def __init__(self, configs: pd.DataFrame, device: torch.device):
+    "numba": fused CPU kernels (masks drawn inside the bias + ReLU / input-scaling loops).
+    "torch": plain torch ops with masks from `fill_masks_cuda` or `fill_masks_torch`; used on
+    CUDA, and selectable on the CPU so that the tests check this path too.
+    Both draw the same masks, so both give the same replica.
+    """
+
+    def __init__(self, configs: pd.DataFrame, device: torch.device, backend: str):
         kinds = configs["dropout_kind"].to_numpy()
         rates = configs["dropout_rate"].to_numpy(dtype=np.float64)
         self.base = dm.base_keys(configs["seed"], kinds, rates)  # uint64 [R]
@@ -191,40 +210,73 @@ class _Masks:
         self.in_scale = dm.scales(self.in_rates)
         self.act_scale = dm.scales(self.act_rates)
         self.any_input = bool(np.any(self.in_rates > 0))
-        self.device = device
-        if device.type == "cuda":
-            self._dev = {name: torch.from_numpy(getattr(self, name)).to(device)
-                         for name in ("in_rates", "act_rates", "in_scale", "act_scale")}
+        self.backend = backend
+        if backend == "torch":
+            self.t = {name: torch.from_numpy(getattr(self, name)).to(device)
+                      for name in ("in_rates", "act_rates", "in_scale", "act_scale")}
 
     def keys(self, step: int, layer: int) -> np.ndarray:
         return dm.step_keys(self.base, step, layer)
 
-    def input_mask(self, out: torch.Tensor, step: int) -> None:
-        """Fill out [R, b, d] with the input-layer masks (layer 0)."""
-        keys = self.keys(step, 0)
-        if out.is_cuda:
-            _fill_cuda(out, keys, self._dev["in_rates"], self._dev["in_scale"])
+    def _mask(self, out: torch.Tensor, keys: np.ndarray, kind: str) -> None:
+        rates, scale = self.t[kind + "_rates"], self.t[kind + "_scale"]
+        if out.is_cuda and _numba_cuda_ok():
+            dm.fill_masks_cuda(out, keys, rates, scale)
         else:
-            dm.fill_masks(out.numpy(), keys, self.in_rates, self.in_scale)
+            keys_t = torch.from_numpy(keys.view(np.int64)).to(out.device)
+            dm.fill_masks_torch(out, keys_t, rates, scale)
 
-    def relu_dropout_(self, z: torch.Tensor, D: torch.Tensor, step: int, layer: int) -> None:
-        """z [R, b, w] <- relu(z) * mask, D <- mask * (z > 0); hidden layer `layer` (1-based)."""
+    def input(self, out: torch.Tensor, x: torch.Tensor, step: int) -> None:
+        """out [R, b, d] <- x [1 or R, b, d] * input mask (layer 0)."""
+        keys = self.keys(step, 0)
+        if self.backend == "numba":
+            dm.mask_mul(out.numpy(), x.numpy(), keys, self.in_rates, self.in_scale)
+        else:
+            self._mask(out, keys, "in")
+            out.mul_(x)
+
+    def hidden(self, z: torch.Tensor, bias: torch.Tensor, D: torch.Tensor, step: int,
+               layer: int) -> None:
+        """z <- relu(z + bias) * mask, D <- mask * (z + bias > 0); hidden layer `layer` >= 1."""
         keys = self.keys(step, layer)
-        if z.is_cuda:
-            _fill_cuda(D, keys, self._dev["act_rates"], self._dev["act_scale"])
+        if self.backend == "numba":
+            dm.relu_dropout(z.numpy(), bias.numpy(), D.numpy(), keys, self.act_rates,
+                            self.act_scale)
+        else:
+            self._mask(D, keys, "act")
+            z.add_(bias.unsqueeze(1))
             D.mul_(z > 0)
             z.mul_(D)
+
+    def head_forward(self, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
+                     g: torch.Tensor) -> np.ndarray:
+        """Linear output + MSE: loss [R] (float64 numpy); g [R, n] <- d loss / d out."""
+        if self.backend == "numba":
+            loss = np.empty(a.shape[0], dtype=np.float64)
+            mh.head_forward(a.numpy(), w.numpy(), b.numpy(), y.numpy(), g.numpy(), loss)
+            return loss
+        res = torch.bmm(a, w.unsqueeze(2))[..., 0] + b.unsqueeze(1) - y  # [R, n]
+        torch.mul(res, 2.0 / a.shape[1], out=g)
+        return (res.double() ** 2).mean(1).cpu().numpy()
+
+    def head_backward(self, a, g, w, D, gw, gb, gz, gzb) -> None:
+        """Output-layer grads gw [R, k], gb [R]; gz = g w^T * D [R, n, k], gzb = sum_i gz."""
+        if self.backend == "numba":
+            mh.head_backward(a.numpy(), g.numpy(), w.numpy(), D.numpy(), gw.numpy(),
+                             gb.numpy(), gz.numpy(), gzb.numpy())
         else:
-            dm.relu_dropout_(z.numpy(), D.numpy(), keys, self.act_rates, self.act_scale)
+            gw.copy_(torch.bmm(g.unsqueeze(1), a)[:, 0])
+            gb.copy_(g.sum(1))
+            torch.mul(g.unsqueeze(2) * w.unsqueeze(1), D, out=gz)
+            gzb.copy_(gz.sum(1))
 
-
-def _fill_cuda(out: torch.Tensor, keys: np.ndarray, rates: torch.Tensor,
-               scale: torch.Tensor) -> None:
-    if _numba_cuda_ok():
-        dm.fill_masks_cuda(out, keys, rates, scale)
-    else:
-        dm.fill_masks_torch(out, torch.from_numpy(keys.view(np.int64)).to(out.device), rates,
-                            scale)
+    def relu_backward(self, ga: torch.Tensor, D: torch.Tensor, gb: torch.Tensor) -> None:
+        """ga <- ga * D (grad at the pre-activation); gb [R, k] <- its sum over rows."""
+        if self.backend == "numba":
+            mh.relu_backward(ga.numpy(), D.numpy(), gb.numpy())
+        else:
+            ga.mul_(D)
+            gb.copy_(ga.sum(1))
 
 
 _NUMBA_CUDA: bool | None = None
@@ -246,14 +298,15 @@ def _numba_cuda_ok() -> bool:
 class _Chunk:
     """The stacked state of one chunk of replicas of one width (flat parameters [R, P])."""
 
-    theta: torch.Tensor  # [R, P]
-    m: torch.Tensor  # [R, P] Adam first moment
-    v: torch.Tensor  # [R, P] Adam second moment
+    theta: list[torch.Tensor]  # [W_0 [R, in, out], b_0 [R, 1, out], ...]
+    m: list[torch.Tensor]  # Adam first moments, same shapes
+    v: list[torch.Tensor]  # Adam second moments
     t: np.ndarray  # [R] Adam steps taken (= steps run)
 
 
-def _adam_step(c: _Chunk, g: torch.Tensor, active: np.ndarray, wd: torch.Tensor | None,
-               lr: float, betas: tuple[float, float], eps: float) -> None:
+def _adam_step(c: _Chunk, grads: list[torch.Tensor], active: np.ndarray,
+               wd: torch.Tensor | None, lr: float, betas: tuple[float, float],
+               eps: float) -> None:
     """One Adam step on the stack; replicas with active == False are left exactly as they are.
 
     Mirrors torch.optim.Adam's single-tensor update, with per-replica bias corrections.
@@ -262,82 +315,96 @@ def _adam_step(c: _Chunk, g: torch.Tensor, active: np.ndarray, wd: torch.Tensor 
     frozen = np.flatnonzero(~active)
     if len(frozen) == len(active):
         return
+    dev = c.theta[0].device
     if len(frozen):
-        idx = torch.from_numpy(frozen).to(c.theta.device)
-        saved = [x.index_select(0, idx) for x in (c.theta, c.m, c.v)]
-    if wd is not None:
-        g = g.addcmul(c.theta, wd)  # grad + wd * theta  [R, P]
+        idx = torch.from_numpy(frozen).to(dev)
+        saved = [x.index_select(0, idx) for x in (*c.theta, *c.m, *c.v)]
     t = c.t + active  # [R]
-    c.m.lerp_(g, 1 - b1)
-    c.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-    if np.all(t == t[0]):
-        step = float(t[0])
-        bc1 = 1 - b1**step
-        bc2_sqrt = (1 - b2**step) ** 0.5
-        denom = (c.v.sqrt() / bc2_sqrt).add_(eps)
-        c.theta.addcdiv_(c.m, denom, value=-lr / bc1)
-    else:
+    uniform_t = bool(np.all(t == t[0]))
+    if not uniform_t:
         tt = np.maximum(t, 1).astype(np.float64)
-        step_size = torch.tensor(lr / (1 - b1**tt), dtype=c.theta.dtype,
-                                 device=c.theta.device)[:, None]
-        bc2_sqrt = torch.tensor((1 - b2**tt) ** 0.5, dtype=c.theta.dtype,
-                                device=c.theta.device)[:, None]
-        denom = (c.v.sqrt() / bc2_sqrt).add_(eps)
-        c.theta.sub_(c.m / denom * step_size)
+        step_size = torch.tensor(lr / (1 - b1**tt), dtype=torch.float32, device=dev)
+        bc2_sqrt = torch.tensor((1 - b2**tt) ** 0.5, dtype=torch.float32, device=dev)
+    for p, g, m, v in zip(c.theta, grads, c.m, c.v, strict=True):
+        if wd is not None:
+            g = g.addcmul(p, wd)  # grad + wd * theta
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        if uniform_t:
+            step = float(t[0])
+            denom = (v.sqrt() / (1 - b2**step) ** 0.5).add_(eps)
+            p.addcdiv_(m, denom, value=-lr / (1 - b1**step))
+        else:
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            denom = (v.sqrt() / bc2_sqrt.view(shape)).add_(eps)
+            p.sub_(m / denom * step_size.view(shape))
     if len(frozen):
-        for x, s in zip((c.theta, c.m, c.v), saved, strict=True):
-            x.index_copy_(0, idx, s)
+        for x, sv in zip((*c.theta, *c.m, *c.v), saved, strict=True):
+            x.index_copy_(0, idx, sv)
     c.t = t
 
 
 class _Trainer:
-    """Forward, hand-written backward and buffers for one chunk of same-width replicas."""
+    """Forward and hand-written backward for one chunk of same-width replicas.
 
-    def __init__(self, R: int, b: int, d: int, width: int, depth: int, masks: _Masks,
+    Buffers are allocated once and reused: A[l] [R, b, in_l] holds layer l's input (A[0] the
+    masked inputs, A[l >= 1] the hidden activations after ReLU and dropout), D[l] the local
+    derivative mask * (z > 0). GEMMs run in torch (bmm); bias, ReLU, dropout, the output layer
+    and the bias gradients run in fused kernels (`_Ops`).
+    """
+
+    def __init__(self, R: int, b: int, d: int, width: int, depth: int, ops: _Ops,
                  device: torch.device):
         self.R, self.b, self.d, self.width, self.depth = R, b, d, width, depth
-        self.masks = masks
+        self.ops = ops
         f32 = dict(dtype=torch.float32, device=device)
-        self.Z = [torch.empty(R, b, width, **f32) for _ in range(depth)]  # [R, b, w] a_l
-        self.D = [torch.empty(R, b, width, **f32) for _ in range(depth)]  # [R, b, w] da/dz
-        self.A0 = torch.empty(R, b, d, **f32) if masks.any_input else None  # [R, b, d]
-        self.G = torch.empty(R, n_params(d, width, depth), **f32)  # [R, P] gradient
+        self.A = [torch.empty(R, b, d if l == 0 else width, **f32) for l in range(depth + 1)]
+        self.D = [None] + [torch.empty(R, b, width, **f32) for _ in range(depth)]  # da/dz
+        self.GZ = [torch.empty(R, b, width, **f32) for _ in range(2)]  # grads at z [R, b, w]
+        self.g = torch.empty(R, b, **f32)  # d loss / d out [R, b]
+        self.G = [torch.empty(R, i, o, **f32) if k == 0 else torch.empty(R, 1, o, **f32)
+                  for i, o in layer_shapes(d, width, depth) for k in (0, 1)]  # gradients
+        self.x_fixed = False  # A[0] already holds the (shared, full-batch, unmasked) inputs
 
-    def step(self, theta: torch.Tensor, Xb: torch.Tensor, yb: torch.Tensor,
-             step: int) -> torch.Tensor:
-        """Loss [R] (MSE per replica) at theta, and the gradient in self.G.
+    def step(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, step: int,
+             fixed: bool) -> np.ndarray:
+        """Loss [R] (MSE per replica, float64) at theta, and the gradient in self.G.
 
-        Xb: [b, d] shared rows or [R, b, d] per-replica rows; yb: [b] or [R, b].
+        x: [1 or R, b, d] rows; y: [1 or R, b]; fixed: x is the same every step.
         """
-        R, b, depth = self.R, Xb.shape[-2], self.depth
-        views = param_views(theta, self.d, self.width, depth)
-        gviews = param_views(self.G, self.d, self.width, depth)
-        if self.A0 is not None:
-            A0 = self.A0[:, :b] if b != self.A0.shape[1] else self.A0
-            self.masks.input_mask(A0, step)
-            A0.mul_(Xb)  # [R, b, d]
-        else:
-            A0 = Xb.expand(R, b, self.d) if Xb.dim() == 2 else Xb
-        acts = [A0]
-        for l in range(depth):
-            W, bias = views[l]
-            z = self.Z[l][:, :b] if b != self.b else self.Z[l]
-            torch.baddbmm(bias, acts[-1], W, out=z)  # [R, b, w]
-            D = self.D[l][:, :b] if b != self.b else self.D[l]
-            self.masks.relu_dropout_(z, D, step, l + 1)
-            acts.append(z)
-        W, bias = views[depth]
-        out = torch.baddbmm(bias, acts[-1], W)[..., 0]  # [R, b]
-        res = out - yb  # [R, b]
-        loss = (res * res).mean(1)  # [R]
-        g = (res * (2.0 / b)).unsqueeze(2)  # [R, b, 1]  dLoss/dout
-        for l in range(depth, -1, -1):
-            gW, gb = gviews[l]
-            gW.copy_(torch.bmm(acts[l].transpose(1, 2), g))  # [R, in, out]
-            gb.copy_(g.sum(1, keepdim=True))  # [R, 1, out]
-            if l > 0:
-                ga = torch.bmm(g, views[l][0].transpose(1, 2))  # [R, b, in]
-                g = ga.mul_(self.D[l - 1][:, :b] if b != self.b else self.D[l - 1])
+        b, depth, d = x.shape[1], self.depth, self.d
+        full = b == self.b
+        P = list(zip(params[::2], params[1::2], strict=True))  # (W [R, in, out], b [R, 1, out])
+        GP = list(zip(self.G[::2], self.G[1::2], strict=True))
+        A = self.A if full else [t[:, :b] for t in self.A]
+        D = self.D if full else [None] + [t[:, :b] for t in self.D[1:]]
+        GZ = self.GZ if full else [t[:, :b] for t in self.GZ]
+        g = self.g if full else self.g[:, :b]
+        if not full:  # a short last minibatch: the numba kernels need contiguous arrays
+            A, D, GZ, g = ([t.contiguous() for t in A], [None] + [t.contiguous() for t in D[1:]],
+                           [t.contiguous() for t in GZ], g.contiguous())
+        if self.ops.any_input:
+            self.ops.input(A[0], x, step)
+        elif not (fixed and self.x_fixed):
+            A[0].copy_(x.expand(self.R, b, d))
+            self.x_fixed = fixed and full
+        for l in range(1, depth + 1):
+            W, bias = P[l - 1]
+            torch.bmm(A[l - 1], W, out=A[l])  # [R, b, w]
+            self.ops.hidden(A[l], bias[:, 0], D[l], step, l)
+        w_out, b_out = P[depth][0][..., 0], P[depth][1][:, 0, 0]  # [R, w], [R]
+        loss = self.ops.head_forward(A[depth], w_out, b_out, y, g)
+        gW, gb = GP[depth]
+        gb_prev = GP[depth - 1][1][:, 0]  # [R, w]
+        self.ops.head_backward(A[depth], g, w_out, D[depth], gW[..., 0], gb[:, 0, 0], GZ[0],
+                               gb_prev)
+        for l in range(depth, 0, -1):
+            gz = GZ[(depth - l) % 2]  # d loss / d z_l  [R, b, w]
+            torch.bmm(A[l - 1].transpose(1, 2), gz, out=GP[l - 1][0])  # [R, in, w]
+            if l > 1:
+                nxt = GZ[(depth - l + 1) % 2]
+                torch.bmm(gz, P[l - 1][0].transpose(1, 2), out=nxt)  # [R, b, w]
+                self.ops.relu_backward(nxt, D[l - 1], GP[l - 2][1][:, 0])
         return loss
 
 
@@ -370,11 +437,10 @@ class ReplicaRun:
         with torch.no_grad():
             for w, theta in self.params.items():
                 rows = np.flatnonzero(widths == w)
-                th = torch.from_numpy(theta).to(dev)
+                th = split_params(torch.from_numpy(theta).to(dev), self.d, w, self.depth)
                 for s in range(0, len(Xq), batch_rows):
                     xq = torch.from_numpy(Xq[s:s + batch_rows]).to(dev)
-                    out[rows, s:s + batch_rows] = forward_eval(
-                        th, xq, self.d, w, self.depth).cpu().numpy()
+                    out[rows, s:s + batch_rows] = forward_eval(th, xq, self.depth).cpu().numpy()
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -496,6 +562,7 @@ def train_replicas(
     chunk_size: int | None = None,
     progress: bool = False,
     on_chunk: Any = None,
+    kernels: str = "auto",
 ) -> ReplicaRun:
     """Train every replica of `grid` on (X [n, d], y [n]) and return a ReplicaRun.
 
@@ -507,8 +574,9 @@ def train_replicas(
     default patience 20). A stopped replica is frozen: parameters and Adam state stay exactly
     as they were. record_at: steps t at which predictions on Xq (after t updates) are kept.
     Replicas are trained in chunks that fit `max_memory` bytes (default: a safe share of free
-    memory) or of `chunk_size` replicas; chunking never changes results. on_chunk(run_part)
-    is called after each finished chunk (for writing results as they come).
+    memory) or of `chunk_size` replicas; chunking never changes results. on_chunk(rows, out)
+    is called after each finished chunk (for writing results as they come). kernels: "numba"
+    (fused CPU kernels), "torch" (plain torch ops, the CUDA path) or "auto".
     """
     if not isinstance(grid, ReplicaGrid):
         raise ValueError(f"grid: expected a ReplicaGrid, got {type(grid).__name__}")
@@ -525,6 +593,11 @@ def train_replicas(
         raise ValueError("Xq: record_at needs query rows Xq [m, d]")
     Xq = _check_X("Xq", Xq, d) if Xq is not None else None
     dev = resolve_device(device)
+    if kernels not in ("auto", "numba", "torch"):
+        raise ValueError(f"kernels: expected 'auto', 'numba' or 'torch', got {kernels!r}")
+    if kernels == "numba" and dev.type != "cpu":
+        raise ValueError(f"kernels: 'numba' runs on the CPU only, but device is {dev}")
+    backend = ("numba" if dev.type == "cpu" else "torch") if kernels == "auto" else kernels
     if patience is None:
         patience = 1 if early_stopping == "train_loss_rise" else 20
 
@@ -570,7 +643,7 @@ def train_replicas(
             cfg = configs.iloc[chunk_rows]
             out = _train_chunk(cfg, Xt, yt, Xv, yv, Xq_t, d, width, grid.depth, steps, lr,
                                b, batches_per_epoch, betas, eps, early_stopping, patience,
-                               record_at, dev, progress)
+                               record_at, dev, progress, backend)
             theta_w[s:s + len(chunk_rows)] = out["theta"]
             history["train_loss"][chunk_rows] = out["train_loss"]
             if "val_loss" in out:
@@ -597,19 +670,19 @@ def train_replicas(
 
 def _train_chunk(cfg: pd.DataFrame, Xt, yt, Xv, yv, Xq, d, width, depth, steps, lr, b,
                  batches_per_epoch, betas, eps, early_stopping, patience, record_at, dev,
-                 progress) -> dict[str, Any]:
+                 progress, backend) -> dict[str, Any]:
     """Train one chunk of same-width replicas for `steps` steps; returns numpy results."""
     R = len(cfg)
     n_train = Xt.shape[0]
     seeds = cfg["seed"].to_numpy()
     theta0 = np.stack([init_params(int(s), d, width, depth) for s in seeds])  # [R, P]
-    theta = torch.from_numpy(theta0).to(dev)
-    chunk = _Chunk(theta=theta, m=torch.zeros_like(theta), v=torch.zeros_like(theta),
-                   t=np.zeros(R, dtype=np.int64))
+    theta = split_params(torch.from_numpy(theta0).to(dev), d, width, depth)
+    chunk = _Chunk(theta=theta, m=[torch.zeros_like(p) for p in theta],
+                   v=[torch.zeros_like(p) for p in theta], t=np.zeros(R, dtype=np.int64))
     wd_np = cfg["weight_decay"].to_numpy(dtype=np.float32)
-    wd = torch.from_numpy(wd_np[:, None]).to(dev) if np.any(wd_np > 0) else None  # [R, 1]
-    masks = _Masks(cfg, dev)
-    trainer = _Trainer(R, b, d, width, depth, masks, dev)
+    wd = torch.from_numpy(wd_np[:, None, None]).to(dev) if np.any(wd_np > 0) else None
+    ops = _Ops(cfg, dev, backend)
+    trainer = _Trainer(R, b, d, width, depth, ops, dev)
     active = np.ones(R, dtype=bool)
     best = np.full(R, np.inf)
     bad = np.zeros(R, dtype=np.int64)
@@ -623,8 +696,7 @@ def _train_chunk(cfg: pd.DataFrame, Xt, yt, Xv, yv, Xq, d, width, depth, steps, 
     def record(t: int) -> None:
         if recorded is not None and t in rec_index:
             with torch.no_grad():
-                recorded[rec_index[t]] = forward_eval(chunk.theta, Xq, d, width,
-                                                      depth).cpu().numpy()
+                recorded[rec_index[t]] = forward_eval(chunk.theta, Xq, depth).cpu().numpy()
 
     it = range(steps)
     if progress:
@@ -635,7 +707,7 @@ def _train_chunk(cfg: pd.DataFrame, Xt, yt, Xv, yv, Xq, d, width, depth, steps, 
         for t in it:
             record(t)
             if b == n_train:
-                Xb, yb = Xt, yt
+                Xb, yb = Xt[None], yt[None]  # [1, n, d], [1, n]
             else:
                 epoch, k = divmod(t, batches_per_epoch)
                 if k == 0:
@@ -643,11 +715,11 @@ def _train_chunk(cfg: pd.DataFrame, Xt, yt, Xv, yv, Xq, d, width, depth, steps, 
                         [_shuffle_order(int(s), epoch, n_train) for s in seeds])).to(dev)
                 idx = order[:, k * b:(k + 1) * b]  # [R, b]
                 Xb, yb = Xt[idx], yt[idx]  # [R, b, d], [R, b]
-            loss = trainer.step(chunk.theta, Xb, yb, t).cpu().numpy()  # [R]
+            loss = trainer.step(chunk.theta, Xb, yb, t, fixed=b == n_train)  # [R]
             train_loss[active, t] = loss[active]
             if early_stopping is not None:
                 if early_stopping == "patience":
-                    vl = ((forward_eval(chunk.theta, Xv, d, width, depth) - yv) ** 2).mean(1)
+                    vl = ((forward_eval(chunk.theta, Xv, depth) - yv) ** 2).mean(1)
                     monitored = vl.cpu().numpy().astype(np.float64)
                     val_loss[active, t] = monitored[active]
                 else:
@@ -665,7 +737,7 @@ def _train_chunk(cfg: pd.DataFrame, Xt, yt, Xv, yv, Xq, d, width, depth, steps, 
             for t in record_at:
                 if np.isnan(recorded[rec_index[t]]).any():
                     record(t)
-    out = {"theta": chunk.theta.cpu().numpy(), "train_loss": train_loss,
+    out = {"theta": flat_params(chunk.theta).cpu().numpy(), "train_loss": train_loss,
            "steps_run": chunk.t.copy()}
     if val_loss is not None:
         out["val_loss"] = val_loss

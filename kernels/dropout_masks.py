@@ -6,8 +6,8 @@ and of the element's position (counter = row * units + unit), so it does not dep
 which other replicas share the stack, on chunking, or on the device. A unit is kept when
 u >= p (probability 1 - p) and then scaled by 1 / (1 - p); p = 0 keeps everything at 1.
 
-Three implementations of the same stream: Numba CPU (`fill_masks`, and `relu_dropout_`
-fused with the ReLU for training), Numba CUDA (`fill_masks_cuda`), and the NumPy
+Three implementations of the same stream: Numba CPU (`fill_masks`; `relu_dropout` and
+`mask_mul` fuse it into the training forward), Numba CUDA (`fill_masks_cuda`), and the NumPy
 reference `masks_numpy` that the tests compare both against.
 """
 
@@ -95,13 +95,13 @@ def fill_masks(out: np.ndarray, keys: np.ndarray, rates: np.ndarray, scale: np.n
 
 
 @njit(cache=True, parallel=True)
-def relu_dropout_(z: np.ndarray, d: np.ndarray, keys: np.ndarray, rates: np.ndarray,
-                  scale: np.ndarray) -> None:
-    """Fused training forward of ReLU + inverted dropout, in place.
+def relu_dropout(z: np.ndarray, bias: np.ndarray, d: np.ndarray, keys: np.ndarray,
+                 rates: np.ndarray, scale: np.ndarray) -> None:
+    """Fused training forward of bias + ReLU + inverted dropout, in place (no mask tensor).
 
-    d <- mask * (z > 0) and z <- z * d, so that z becomes the layer's output a and d is the
-    local derivative da/dz used in the backward pass. Same mask stream as `fill_masks`.
-    z, d: float32 [R, n, units].
+    With zb = z + bias: z <- relu(zb) * mask and d <- mask * (zb > 0), the local derivative
+    used by the backward pass. Same mask stream as `fill_masks`.
+    z, d: float32 [R, n, units] (C-contiguous); bias: [R, units].
     """
     R, n, units = z.shape
     for ri in prange(R * n):
@@ -112,7 +112,7 @@ def relu_dropout_(z: np.ndarray, d: np.ndarray, keys: np.ndarray, rates: np.ndar
         k = keys[r]
         c0 = np.uint64(i) * np.uint64(units)
         for j in range(units):
-            zz = z[r, i, j]
+            zz = z[r, i, j] + bias[r, j]
             m = s
             if p != 0:
                 if uniform(k, c0 + np.uint64(j)) < p:
@@ -123,6 +123,29 @@ def relu_dropout_(z: np.ndarray, d: np.ndarray, keys: np.ndarray, rates: np.ndar
             else:
                 d[r, i, j] = 0.0
                 z[r, i, j] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def mask_mul(out: np.ndarray, x: np.ndarray, keys: np.ndarray, rates: np.ndarray,
+             scale: np.ndarray) -> None:
+    """out[r] <- x[r or 0] * mask[r]: input dropout applied to shared ([1, n, d]) or
+    per-replica ([R, n, d]) rows, without materialising the mask. out: [R, n, d]."""
+    R, n, units = out.shape
+    xs = np.int64(0) if x.shape[0] == 1 else np.int64(1)  # row stride of x over replicas
+    for ri in prange(R * n):
+        r = ri // n
+        i = ri - r * n
+        rx = np.int64(r) * xs
+        p = rates[r]
+        s = scale[r]
+        k = keys[r]
+        c0 = np.uint64(i) * np.uint64(units)
+        for j in range(units):
+            m = s
+            if p != 0:
+                if uniform(k, c0 + np.uint64(j)) < p:
+                    m = np.float32(0.0)
+            out[r, i, j] = x[rx, i, j] * m
 
 
 def masks_numpy(keys: np.ndarray, rates: np.ndarray, n: int, units: int) -> np.ndarray:

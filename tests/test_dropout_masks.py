@@ -42,11 +42,25 @@ def test_fused_relu_dropout_equals_mask_times_relu():
     rates = np.array([0.0, 0.3, 0.6], dtype=np.float32)
     keys = _keys([1, 2, 3], ["activation"] * 3, rates, 9, 3)
     z = rng.standard_normal((3, 50, 13)).astype(np.float32)
+    bias = rng.standard_normal((3, 13)).astype(np.float32)
     a, D = z.copy(), np.empty_like(z)
-    dm.relu_dropout_(a, D, keys, rates, dm.scales(rates))
+    dm.relu_dropout(a, bias, D, keys, rates, dm.scales(rates))
     M = dm.masks_numpy(keys, rates, 50, 13)
-    np.testing.assert_array_equal(D, M * (z > 0))
-    np.testing.assert_array_equal(a, np.maximum(z, 0) * M)
+    zb = z + bias[:, None, :]
+    np.testing.assert_array_equal(D, M * (zb > 0))
+    np.testing.assert_array_equal(a, np.maximum(zb, 0) * M)
+
+
+def test_fused_input_dropout_equals_x_times_mask():
+    rng = np.random.default_rng(1)
+    rates = np.array([0.2, 0.0, 0.5], dtype=np.float32)
+    keys = _keys([1, 2, 3], ["input"] * 3, rates, 4, 0)
+    M = dm.masks_numpy(keys, rates, 30, 7)
+    for x in (rng.standard_normal((1, 30, 7)), rng.standard_normal((3, 30, 7))):
+        x = x.astype(np.float32)
+        out = np.empty((3, 30, 7), dtype=np.float32)
+        dm.mask_mul(out, x, keys, rates, dm.scales(rates))
+        np.testing.assert_array_equal(out, x * M)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.75])
