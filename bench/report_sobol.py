@@ -1,0 +1,273 @@
+"""sobol: accuracy per model evaluation against SALib, and throughput for the MLP use case.
+
+(1) Sobol' G-function (d = 8, a = 0, 1, 4.5, 9, 99, 99, 99, 99; exact split from
+    fanova_gpu.functions): root-mean-square error of V_1/Var, V_2/Var (SALib: sum of S1, sum of
+    S2) and V_3/Var over repetitions, every method at the same number of evaluations
+    B = N (2d + 2) (SALib's Saltelli design with second order). SALib runs twice: with its own
+    scrambled Sobol' sampler (the default) and with iid points in the same design (plain MC).
+(2) 140 trained 3x32 ReLU replicas (d = 25), V_1..V_3 with standard errors: batched over
+    replicas (one torch forward for all replicas, `baddbmm`) against the straightforward way
+    (one decompose call per replica), and the projected time to stderr <= 1% of Var F.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine_info  # noqa: E402
+
+import fanova_gpu as fg  # noqa: E402
+from fanova_gpu.decompose.sobol import budget_evaluations  # noqa: E402
+from fanova_gpu.functions import g_function  # noqa: E402
+
+G_A = (0.0, 1.0, 4.5, 9.0, 99.0, 99.0, 99.0, 99.0)
+
+
+# ----------------------------------------------------------------------------- (1) accuracy
+
+
+def _saltelli_iid(d: int, N: int, seed: int) -> np.ndarray:
+    """SALib's Saltelli layout (A, AB_1..AB_d, BA_1..BA_d, B per base row) with iid points."""
+    rng = np.random.default_rng(seed)
+    A, B = rng.random((N, d)), rng.random((N, d))
+    rows = [A]
+    for i in range(d):
+        ab = A.copy()
+        ab[:, i] = B[:, i]
+        rows.append(ab)
+    for i in range(d):
+        ba = B.copy()
+        ba[:, i] = A[:, i]
+        rows.append(ba)
+    rows.append(B)
+    return np.stack(rows, axis=1).reshape(-1, d)  # [N (2d+2), d]
+
+
+def salib_fractions(f, d: int, N: int, seed: int, sampler: str) -> np.ndarray:
+    """(sum S1, sum S2) from SALib's Saltelli estimators."""
+    from SALib.analyze import sobol as analyze
+    from SALib.sample import sobol as sample
+
+    problem = {"num_vars": d, "names": [f"x{i}" for i in range(d)], "bounds": [[0, 1]] * d}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if sampler == "qmc":
+            X = sample.sample(problem, N, calc_second_order=True, scramble=True, seed=seed)
+        else:
+            X = _saltelli_iid(d, N, seed)
+        Si = analyze.analyze(problem, f(X), calc_second_order=True, num_resamples=2, seed=seed)
+    return np.array([np.sum(Si["S1"]), np.nansum(np.triu(Si["S2"], 1)), np.nan])
+
+
+def ours_fractions(f, N: int, K: int, m: int, seed: int, sampler: str) -> tuple[np.ndarray, int]:
+    """(V_1, V_2, V_3)/Var from fg sobol at the budget N (2d+2); returns also evaluations."""
+    d = f.d
+    n = N * (2 * d + 2) // budget_evaluations(d, K, 1, m)
+    res = fg.decompose(f, f.dist, method="sobol", max_order=K, n=n, complements=m,
+                       seed=seed, sampler=sampler, scrambles=8)
+    frac = np.full(3, np.nan)
+    frac[:K] = res.variance_by_order[:K] / res.total_variance
+    return frac, res.info["evaluations"]
+
+
+def accuracy(quick: bool) -> tuple[list, list]:
+    f = g_function(G_A)
+    d = f.d
+    exact = f.variance_by_order(3)[:3] / f.total_variance
+    N, reps = (1024, 8) if quick else (4096, 30)
+    budget = N * (2 * d + 2)
+    configs = [
+        ("SALib Saltelli, scrambled Sobol' (default)", "salib", "qmc", None, None),
+        ("SALib Saltelli, iid points", "salib", "iid", None, None),
+        ("fg sobol K=1 m=2, random", "ours", "random", 1, 2),
+        ("fg sobol K=2 m=2, random", "ours", "random", 2, 2),
+        ("fg sobol K=2 m=8, random", "ours", "random", 2, 8),
+        ("fg sobol K=2 m=8, scrambled Sobol' x8", "ours", "sobol", 2, 8),
+        ("fg sobol K=3 m=8, random", "ours", "random", 3, 8),
+        ("fg sobol K=3 m=8, scrambled Sobol' x8", "ours", "sobol", 3, 8),
+    ]
+    rows, rmse = [], {}
+    for label, who, sampler, K, m in configs:
+        errs, evals = [], budget
+        t0 = time.perf_counter()
+        for rep in range(reps):
+            if who == "salib":
+                frac = salib_fractions(f, d, N, rep, sampler)
+            else:
+                frac, evals = ours_fractions(f, N, K, m, 1000 + rep, sampler)
+            errs.append(frac - exact)
+        sec = (time.perf_counter() - t0) / reps
+        rmse[label] = np.sqrt(np.mean(np.square(errs), axis=0))
+        rows.append([f"G-function accuracy: {label}", evals, *_pct(rmse[label]), round(sec, 3),
+                     "-", "-"])
+    base = rmse[configs[0][0]]
+    for row, (label, *_rest) in zip(rows, configs, strict=True):
+        ratio = rmse[label][:2] / base[:2]
+        row[-1] = f"err / SALib default: V1 {ratio[0]:.2f}, V2 {ratio[1]:.2f}"
+    notes = [
+        f"accuracy: G-function d = {d}, a = {list(G_A)}; exact fractions V_1..V_3 / Var = "
+        f"{np.round(exact, 6).tolist()}; budget B = N (2d+2) = {budget} evaluations "
+        f"(N = {N}); RMSE over {reps} repetitions, in percentage points of Var F",
+        "fg sobol uses n = B / (m S + 1) base points (S = subsets of size <= K incl. the empty "
+        "one); scrambled Sobol' rounds n down to 8 x 2^k, so it uses <= B",
+    ]
+    return rows, notes
+
+
+def _pct(e: np.ndarray) -> list:
+    return [("-" if np.isnan(v) else round(100 * float(v), 3)) for v in e]
+
+
+# ----------------------------------------------------------------------------- (2) throughput
+
+
+def trained_replicas(steps: int, seed: int = 0):
+    """140 replicas (35 seeds x 4 activation-dropout rates), width 32, depth 3, d = 25."""
+    from fanova_gpu import data
+
+    X, y = data.main_effects(n=1500, d=25, seed=seed)
+    grid = fg.ReplicaGrid(seeds=range(35), dropout_rates=[0.0, 0.1, 0.25, 0.5],
+                          dropout_kinds=["activation"], widths=[32], weight_decays=[0.0],
+                          depth=3)
+    t0 = time.perf_counter()
+    run = fg.train_replicas(X, y, grid, steps=steps, lr=1e-3, device="auto")
+    return run, time.perf_counter() - t0
+
+
+class StackedMLP(torch.nn.Module):
+    """All replicas in one forward: layers W [R, in, out], b [R, 1, out]; [N, d] -> [R, N]."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        h = X.expand(self.layers[0][0].shape[0], *X.shape)  # [R, N, d]
+        for i, (W, b) in enumerate(self.layers):
+            h = torch.baddbmm(b, h, W)  # [R, N, out]
+            if i < len(self.layers) - 1:
+                h = h.clamp_(min=0)
+        return h[..., 0]
+
+    def select(self, rows: slice) -> StackedMLP:
+        return StackedMLP([(W[rows], b[rows]) for W, b in self.layers])
+
+
+def glorot_layers(R: int, d: int, width: int, depth: int, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    dims = [d] + [width] * depth + [1]
+    out = []
+    for i, o in zip(dims[:-1], dims[1:], strict=True):
+        a = (6.0 / (i + o)) ** 0.5
+        out.append(((torch.rand(R, i, o, generator=g) * 2 - 1) * a, torch.zeros(R, 1, o)))
+    return out
+
+
+def throughput(quick: bool) -> tuple[list, list]:
+    steps = 20 if quick else 1000
+    d, width, depth, m, K = 25, 32, 3, 16, 3
+    dev = fg.device.resolve_device("auto")
+    try:
+        from fanova_gpu.replicas import param_views
+
+        run, train_s = trained_replicas(steps)
+        theta = torch.from_numpy(np.asarray(run.params[width]))  # [140, P]
+        net = StackedMLP([(W.contiguous(), b.contiguous())
+                          for W, b in param_views(theta, d, width, depth)])
+        source = f"trained {steps} steps (main_effects data, {train_s:.0f} s)"
+    except Exception as exc:  # the trainer is another module; fall back to Glorot nets
+        net = StackedMLP(glorot_layers(140, d, width, depth))
+        source = f"Glorot-initialized (trainer unavailable: {type(exc).__name__}: {exc})"
+    net = StackedMLP([(W.to(dev), b.to(dev)) for W, b in net.layers])
+    R = net.layers[0][0].shape[0]
+    dist = fg.Uniform(-1.0, 1.0, d=d)
+    kw = dict(max_order=K, complements=m, input="torch", dtype="float32", device=str(dev))
+    n_batched, n_loop, R_loop = (2, 2, 4) if quick else (48, 8, 16)
+
+    t0 = time.perf_counter()
+    res = fg.decompose(net, dist, method="sobol",
+                       n=n_batched, seed=0, **kw)
+    t_batched = time.perf_counter() - t0
+    evals = res.info["evaluations"] * R
+    rate = evals / t_batched
+
+    t0 = time.perf_counter()
+    for r in range(R_loop):
+        fg.decompose(net.select(slice(r, r + 1)), dist, method="sobol",
+                     n=n_loop, seed=0, **kw)
+    t_loop = time.perf_counter() - t0
+    rate_loop = res.info["evaluations"] / n_batched * n_loop * R_loop / t_loop
+
+    # efficiency constant c = (stderr / Var) sqrt(evaluations) per replica, from more points
+    R_eff, n_eff = (8, 16) if quick else (140, n_batched)
+    if quick:
+        eff = fg.decompose(net.select(slice(0, R_eff)), dist,
+                           method="sobol", n=n_eff, seed=1, **kw)
+    else:
+        eff = res
+    rel = eff.stderr[:, :K] / eff.total_variance[:, None]  # [R_eff, K]
+    c = rel * np.sqrt(eff.info["evaluations"])
+    need = float((c.max(axis=0) / 0.01).max() ** 2)  # evaluations per replica for <= 1%
+    projected = need * R / rate
+    frac = (eff.variance_by_order / eff.total_variance[:, None]).mean(axis=0)
+    # the same budget with m = 2 complements (8 replicas): error per evaluation vs m = 16
+    n2 = n_eff * (m * 2626 + 1) // (2 * 2626 + 1)
+    kw2 = dict(kw, complements=2)
+    e2 = fg.decompose(net.select(slice(0, 8)), dist, method="sobol", n=n2, seed=1, **kw2)
+    rel2 = e2.stderr[:, :K] / e2.total_variance[:, None]
+    rel16 = rel[:8]
+    gain = np.sqrt((rel2**2).mean(axis=0) / (rel16**2).mean(axis=0))
+
+    rows = [
+        [f"MLP throughput: batched, R={R}, n={n_batched}", evals, *_pct(rel.max(axis=0)),
+         round(t_batched, 2), f"{rate:.3g}", f"{rate / rate_loop:.2f}x the loop"],
+        [f"MLP throughput: one replica at a time, {R_loop} replicas, n={n_loop}",
+         res.info["evaluations"] // n_batched * n_loop * R_loop, "-", "-", "-", round(t_loop, 2),
+         f"{rate_loop:.3g}", "1.00x"],
+        [f"MLP: projected time to stderr <= 1% of Var F, all {R} replicas, V_1..V_3",
+         int(need * R), "-", "-", "-", round(projected, 1), f"{rate:.3g}",
+         f"{need:.3g} evals/replica"],
+        [f"MLP: m=2 complements at the same budget (8 replicas, n={n2})",
+         e2.info["evaluations"] * 8, *_pct(rel2.max(axis=0)), "-", "-",
+         "stderr / stderr(m=16): " + ", ".join(f"V{k + 1} {g:.2f}" for k, g in enumerate(gain))],
+    ]
+    notes = [
+        f"throughput: {R} replicas, width {width}, depth {depth}, d = {d}, {source}; "
+        f"K = {K}, m = {m} complements, S = 2626 subsets, {m * 2626 + 1} evaluations per base "
+        f"point per replica; float32 forward, float64 statistics; device {dev}",
+        f"error columns of the throughput rows: worst replica's stderr / Var F per order "
+        f"(from {R_eff} replicas x {n_eff} base points); projection = max_replica "
+        f"(stderr/Var)^2 x evaluations / 0.01^2 x R / measured evals/s",
+        f"mean split over replicas (V_1, V_2, V_3, V_>3) / Var: {np.round(frac, 3).tolist()}",
+    ]
+    return rows, notes
+
+
+def report(quick: bool = False) -> dict:
+    torch.manual_seed(0)
+    rows1, notes1 = accuracy(quick)
+    rows2, notes2 = throughput(quick)
+    return {
+        "title": "sobol: error per evaluation vs SALib (G-function) and MLP-replica throughput",
+        "columns": ["case", "evaluations", "err V1 %", "err V2 %", "err V3 %", "seconds",
+                    "evals/s", "comparison"],
+        "rows": rows1 + rows2,
+        "notes": notes1 + notes2 + [
+            "timings on a shared 2-core machine are contended; ratios are from one run",
+        ],
+        "machine": machine_info(),
+    }
+
+
+if __name__ == "__main__":
+    from fanova_gpu.cli_bench import format_table
+
+    print(format_table(report(quick="--full" not in sys.argv)))
