@@ -172,3 +172,27 @@ def test_scrambled_sobol_sampler_within_4_stderr_and_calibrated():
     se = np.array([np.r_[r.stderr, r.info["total_stderr"]] for r in runs])
     ratio = est.std(axis=0, ddof=1) / np.sqrt((se**2).mean(axis=0))
     assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), ratio
+
+
+def test_normal_inputs_hand_values_and_k_above_d():
+    # F = x0 x1 + x0^2 + exp(x2/2) on N(0,1)^3: V_0 = 2, V_2 = e^(1/4)(e^(1/4) - 1), V_01 = 1
+    def f(X):
+        return X[:, 0] * X[:, 1] + X[:, 0] ** 2 + np.exp(0.5 * X[:, 2])
+
+    v2 = np.exp(0.25) * (np.exp(0.25) - 1)
+    exact = np.array([2 + v2, 1.0, 0.0, 0.0, 0.0])  # K = 4 > d = 3: orders 3, 4, >4 are 0
+    res = fg.decompose(f, fg.Normal(d=3), method="sobol", max_order=4, n=4000, seed=6)
+    assert res.info["subsets"] == 8
+    assert np.all(np.abs(res.variance_by_order - exact) <= 4 * res.stderr + 1e-12)
+    assert res.stderr[3] == 0.0 and res.variance_by_order[3] == 0.0  # no subset of size 4
+    assert abs(res.total_variance - (3 + v2)) <= 4 * res.info["total_stderr"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    f = random_product_sum(d=6, orders=[1, 2, 3], seed=1)
+    a = fg.decompose(f, f.dist, method="sobol", max_order=3, n=300, seed=2, device="cpu")
+    b = fg.decompose(f, f.dist, method="sobol", max_order=3, n=300, seed=2, device="cuda")
+    assert b.info["device"].startswith("cuda")
+    np.testing.assert_allclose(b.variance_by_order, a.variance_by_order, rtol=1e-9, atol=1e-12)
