@@ -117,8 +117,8 @@ def report(quick: bool = False) -> dict:
         f"R = {R} random 3x32 ReLU nets (Glorot), n = {n} rows, d = 25, Unif(-1, 1); "
         f"R^2 scored on {n} fresh rows"
         + ("; quick mode: 4 replicas instead of 16" if quick else ""),
-        "nested variant (the paper's code); fast profile = max_bin 32, eta 0.3, <= 1000 rounds, "
-        "per-target early stopping (patience 50) on 20% of the rows, fit on the other 80%",
+        "nested variant (the paper's code); fast profile = max_bin 16, eta 0.3, <= 1000 rounds, "
+        "per-target early stopping (patience 100) on 10% of the rows, fit on the other 90%",
         f"rounds used by distill per stage (mean over replicas): {rounds.mean(axis=0).round(0)}",
         f"{os.cpu_count()} CPU cores; distill ran {ours['info']['n_jobs']} worker threads x 1 "
         f"XGBoost thread on device {ours['info']['device']}",

@@ -181,7 +181,8 @@ def test_batched_early_stopping_equals_single_target_and_ignores_grouping():
     X, Xe = DIST.sample(800, seed=7), DIST.sample(500, seed=8)
     truths = [*TRUTHS, paper_generator("triple_effect", d=D)]
     F, Fe = np.stack([f(X) for f in truths]), np.stack([f(Xe) for f in truths])
-    kw = dict(profile="fast", n_estimators=200, early_stopping_rounds=20, stop_fraction=0.25,
+    kw = dict(profile="fast", n_estimators=200, max_bin=32, early_stopping_rounds=20,
+              stop_fraction=0.25,
               X_eval=Xe, preds_eval=Fe, seed=4)
     one = distill.decompose(F, X, n_jobs=1, **kw)  # one group of 4 targets
     two = distill.decompose(F, X, n_jobs=2, **kw)  # two groups of 2, in two threads
