@@ -19,7 +19,8 @@ so its standard error accounts for the correlation between the pieces.
 
 The Moebius transform is done as the fast subset transform (one vectorized subtraction per
 variable, sum_u |u| operations) rather than a dense [S, S] matrix product (S^2): for d = 25,
-K = 3 that is 7,525 instead of 6.9M multiply-adds per evaluation row.
+K = 3 that is 7,525 instead of 6.9M multiply-adds per evaluation row; measured on the shared
+2-core CPU, [2626, 2240] float64: 0.23-0.55 s against 2.1-2.3 s for the dense product (4-9x).
 Cost: n (m S + 1) evaluations; S = sum_{k<=K} C(d, k) (2,626 for d = 25, K = 3).
 
 Choosing m: the per-point variance has an x part (fixed) and a z part that the U-statistic
