@@ -106,3 +106,15 @@ def test_bad_input_names_field(kwargs, field):
     f, dist = args.pop("f"), args.pop("dist")
     with pytest.raises(ValueError, match=field):
         fg.decompose(f, dist, method="grid", **args)
+
+
+def test_torch_module_is_called_with_a_tensor():
+    import torch
+
+    class Prod(torch.nn.Module):
+        def forward(self, X):  # [n, 2] float32 -> [1, n]
+            return (X[:, 0] * X[:, 1])[None]
+
+    res = fg.decompose(Prod(), fg.Uniform(-1, 1, d=2), method="grid", max_order=2, nodes=3)
+    assert res.variance_by_order.shape == (1, 3)
+    np.testing.assert_allclose(res.variance_by_order[0], [0.0, 1 / 9, 0.0], atol=1e-7)

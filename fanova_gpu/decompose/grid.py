@@ -41,6 +41,16 @@ def _to_numpy(y) -> np.ndarray:
     return np.asarray(y, dtype=np.float64)
 
 
+def _call(f, X: np.ndarray):
+    """numpy float64 in; an nn.Module gets a float32 torch tensor (what trained nets expect)."""
+    import torch
+
+    if isinstance(f, torch.nn.Module):
+        with torch.no_grad():
+            return f(torch.from_numpy(X.astype(np.float32)))
+    return f(X)
+
+
 def evaluate_grid(f, x: np.ndarray, d: int, chunk: int) -> tuple[np.ndarray, bool]:
     """F on the tensor grid x^d, rows in C order: ([R, nodes^d] float64, f returned [R, n])."""
     nodes = len(x)
@@ -56,7 +66,7 @@ def evaluate_grid(f, x: np.ndarray, d: int, chunk: int) -> tuple[np.ndarray, boo
         X = np.empty((block, d))
         X[:, : d - m] = x[list(np.unravel_index(lead, (nodes,) * (d - m)))] if d > m else 0.0
         X[:, d - m :] = tail
-        y = _to_numpy(f(X))
+        y = _to_numpy(_call(f, X))
         replica_axis = y.ndim == 2
         if y.ndim == 1:
             y = y[None, :]
@@ -106,7 +116,8 @@ def decompose(
 ) -> EffectSizes:
     """Exact V_1..V_K and V_>K of F under `dist` by tensor quadrature.
 
-    f: callable [n, d] float64 -> [n] or [R, n]. return_subsets: also give Var f_u for every
+    f: callable [n, d] float64 -> [n] or [R, n] (numpy or torch output; a torch nn.Module is
+    called with a float32 tensor on the CPU). return_subsets: also give Var f_u for every
     |u| <= max_order in info["subset_variances"] ({u: float or [R] array}).
     """
     if not isinstance(dist, (Uniform, Normal)):
