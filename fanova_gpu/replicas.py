@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from .device import resolve_device
+from .kernels import adam_stack as adam
 from .kernels import dropout_masks as dm
 from .kernels import mlp_head as mh
 from .kernels.rng import derive_key
@@ -294,14 +295,55 @@ def _numba_cuda_ok() -> bool:
 # ----------------------------------------------------------------------------- training
 
 
+class _Stack:
+    """Flat buffers of one chunk's stacked tensors: block k is tensor k for all R replicas.
+
+    Tensors are W_0 [R, in, out], b_0 [R, 1, out], W_1, b_1, ...; each is a contiguous view
+    into the buffer (batched GEMMs need that), and the whole buffer is one array for the
+    fused Adam kernel.
+    """
+
+    def __init__(self, R: int, d: int, width: int, depth: int, device: torch.device):
+        self.shapes = [s for i, o in layer_shapes(d, width, depth) for s in ((i, o), (1, o))]
+        self.sizes = np.array([a * b for a, b in self.shapes], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(R * self.sizes)[:-1]]).astype(np.int64)
+        self.R, self.total, self.device = R, int(R * self.sizes.sum()), device
+
+    def buffer(self) -> torch.Tensor:
+        return torch.zeros(self.total, dtype=torch.float32, device=self.device)
+
+    def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        return [buf[o:o + self.R * sz].view(self.R, *sh)
+                for o, sz, sh in zip(self.offsets, self.sizes, self.shapes, strict=True)]
+
+
 @dataclass
 class _Chunk:
-    """The stacked state of one chunk of replicas of one width (flat parameters [R, P])."""
+    """Parameters and Adam state of one chunk of same-width replicas."""
 
-    theta: list[torch.Tensor]  # [W_0 [R, in, out], b_0 [R, 1, out], ...]
-    m: list[torch.Tensor]  # Adam first moments, same shapes
-    v: list[torch.Tensor]  # Adam second moments
+    stack: _Stack
+    theta_buf: torch.Tensor  # flat, see _Stack
+    m_buf: torch.Tensor  # Adam first moments
+    v_buf: torch.Tensor  # Adam second moments
     t: np.ndarray  # [R] Adam steps taken (= steps run)
+
+    @property
+    def theta(self) -> list[torch.Tensor]:
+        return self.stack.views(self.theta_buf)
+
+
+def _adam_step_fused(c: _Chunk, grad_buf: torch.Tensor, active: np.ndarray, wd: np.ndarray,
+                     lr: float, betas: tuple[float, float], eps: float) -> None:
+    """Adam on the CPU: one Numba kernel over the flat buffers (frozen replicas untouched)."""
+    b1, b2 = betas
+    t = c.t + active  # [R]
+    tt = np.maximum(t, 1).astype(np.float64)
+    step_size = (lr / (1 - b1**tt)).astype(np.float32)
+    bc2_sqrt = np.sqrt(1 - b2**tt).astype(np.float32)
+    adam.adam_step(c.theta_buf.numpy(), grad_buf.numpy(), c.m_buf.numpy(), c.v_buf.numpy(),
+                   c.stack.offsets, c.stack.sizes, active, wd, step_size, bc2_sqrt, b1, b2,
+                   eps)
+    c.t = t
 
 
 def _adam_step(c: _Chunk, grads: list[torch.Tensor], active: np.ndarray,
@@ -315,17 +357,18 @@ def _adam_step(c: _Chunk, grads: list[torch.Tensor], active: np.ndarray,
     frozen = np.flatnonzero(~active)
     if len(frozen) == len(active):
         return
-    dev = c.theta[0].device
+    dev = c.theta_buf.device
+    theta, ms, vs = (c.stack.views(buf) for buf in (c.theta_buf, c.m_buf, c.v_buf))
     if len(frozen):
         idx = torch.from_numpy(frozen).to(dev)
-        saved = [x.index_select(0, idx) for x in (*c.theta, *c.m, *c.v)]
+        saved = [x.index_select(0, idx) for x in (*theta, *ms, *vs)]
     t = c.t + active  # [R]
     uniform_t = bool(np.all(t == t[0]))
     if not uniform_t:
         tt = np.maximum(t, 1).astype(np.float64)
         step_size = torch.tensor(lr / (1 - b1**tt), dtype=torch.float32, device=dev)
         bc2_sqrt = torch.tensor((1 - b2**tt) ** 0.5, dtype=torch.float32, device=dev)
-    for p, g, m, v in zip(c.theta, grads, c.m, c.v, strict=True):
+    for p, g, m, v in zip(theta, grads, ms, vs, strict=True):
         if wd is not None:
             g = g.addcmul(p, wd)  # grad + wd * theta
         m.lerp_(g, 1 - b1)
@@ -339,7 +382,7 @@ def _adam_step(c: _Chunk, grads: list[torch.Tensor], active: np.ndarray,
             denom = (v.sqrt() / bc2_sqrt.view(shape)).add_(eps)
             p.sub_(m / denom * step_size.view(shape))
     if len(frozen):
-        for x, sv in zip((*c.theta, *c.m, *c.v), saved, strict=True):
+        for x, sv in zip((*theta, *ms, *vs), saved, strict=True):
             x.index_copy_(0, idx, sv)
     c.t = t
 
@@ -354,7 +397,7 @@ class _Trainer:
     """
 
     def __init__(self, R: int, b: int, d: int, width: int, depth: int, ops: _Ops,
-                 device: torch.device):
+                 stack: _Stack, device: torch.device):
         self.R, self.b, self.d, self.width, self.depth = R, b, d, width, depth
         self.ops = ops
         f32 = dict(dtype=torch.float32, device=device)
@@ -362,8 +405,8 @@ class _Trainer:
         self.D = [None] + [torch.empty(R, b, width, **f32) for _ in range(depth)]  # da/dz
         self.GZ = [torch.empty(R, b, width, **f32) for _ in range(2)]  # grads at z [R, b, w]
         self.g = torch.empty(R, b, **f32)  # d loss / d out [R, b]
-        self.G = [torch.empty(R, i, o, **f32) if k == 0 else torch.empty(R, 1, o, **f32)
-                  for i, o in layer_shapes(d, width, depth) for k in (0, 1)]  # gradients
+        self.G_buf = stack.buffer()  # gradients, flat (see _Stack)
+        self.G = stack.views(self.G_buf)
         self.x_fixed = False  # A[0] already holds the (shared, full-batch, unmasked) inputs
 
     def step(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, step: int,
@@ -676,13 +719,16 @@ def _train_chunk(cfg: pd.DataFrame, Xt, yt, Xv, yv, Xq, d, width, depth, steps, 
     n_train = Xt.shape[0]
     seeds = cfg["seed"].to_numpy()
     theta0 = np.stack([init_params(int(s), d, width, depth) for s in seeds])  # [R, P]
-    theta = split_params(torch.from_numpy(theta0).to(dev), d, width, depth)
-    chunk = _Chunk(theta=theta, m=[torch.zeros_like(p) for p in theta],
-                   v=[torch.zeros_like(p) for p in theta], t=np.zeros(R, dtype=np.int64))
+    stack = _Stack(R, d, width, depth, dev)
+    chunk = _Chunk(stack=stack, theta_buf=stack.buffer(), m_buf=stack.buffer(),
+                   v_buf=stack.buffer(), t=np.zeros(R, dtype=np.int64))
+    for view, p in zip(chunk.theta, split_params(torch.from_numpy(theta0), d, width, depth),
+                       strict=True):
+        view.copy_(p)
     wd_np = cfg["weight_decay"].to_numpy(dtype=np.float32)
     wd = torch.from_numpy(wd_np[:, None, None]).to(dev) if np.any(wd_np > 0) else None
     ops = _Ops(cfg, dev, backend)
-    trainer = _Trainer(R, b, d, width, depth, ops, dev)
+    trainer = _Trainer(R, b, d, width, depth, ops, stack, dev)
     active = np.ones(R, dtype=bool)
     best = np.full(R, np.inf)
     bad = np.zeros(R, dtype=np.int64)
@@ -730,7 +776,10 @@ def _train_chunk(cfg: pd.DataFrame, Xt, yt, Xv, yv, Xq, d, width, depth, steps, 
                 active = active & (bad < patience)
                 if not active.any():
                     break
-            _adam_step(chunk, trainer.G, active, wd, lr, betas, eps)
+            if backend == "numba":
+                _adam_step_fused(chunk, trainer.G_buf, active, wd_np, lr, betas, eps)
+            else:
+                _adam_step(chunk, trainer.G, active, wd, lr, betas, eps)
         else:
             record(steps)
         if recorded is not None and not active.any():  # stopped early: records are frozen
