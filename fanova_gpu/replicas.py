@@ -2,9 +2,11 @@
 
 A replica is an MLP with `depth` hidden ReLU layers of `width` units and a linear output,
 trained with MSE + Adam. All replicas of one width form a stack: weights [R, fan_in, fan_out],
-forward with `baddbmm`, one hand-written backward pass, one Adam step for the whole stack.
-The loss is the *sum* of replica losses, so gradients never mix, and Adam is elementwise, so
-Adam on the stack is exactly per-replica Adam.
+GEMMs with `bmm`, a hand-written backward pass, and one Adam step for the whole stack. The
+loss is the *sum* of replica losses, so gradients never mix, and Adam is elementwise, so Adam
+on the stack is exactly per-replica Adam. On the CPU the element-wise work (bias, ReLU,
+dropout masks, output layer, loss, bias gradients, Adam) runs in fused Numba kernels
+(kernels/dropout_masks.py, mlp_head.py, adam_stack.py); on CUDA in plain torch ops.
 
 A replica's result depends only on its own settings: its initial weights on
 (seed, width, depth, d) (the same seed starts from the same weights under every dropout
