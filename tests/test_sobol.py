@@ -196,3 +196,42 @@ def test_cuda_matches_cpu():
     b = fg.decompose(f, f.dist, method="sobol", max_order=3, n=300, seed=2, device="cuda")
     assert b.info["device"].startswith("cuda")
     np.testing.assert_allclose(b.variance_by_order, a.variance_by_order, rtol=1e-9, atol=1e-12)
+
+
+def test_staged_design_within_4_stderr_and_calibrated():
+    # n and complements per order: stage k uses subsets of size <= k; estimates are pooled
+    f = random_product_sum(d=6, orders=[1, 2, 3, 4], seed=1)
+    kw = dict(method="sobol", max_order=3, n=[400, 100, 50], complements=[2, 4, 8])
+    runs = [fg.decompose(f, f.dist, seed=s, **kw) for s in range(25)]
+    r0 = runs[0]
+    assert r0.info["n"] == [400, 100, 50] and r0.info["complements"] == [2, 4, 8]
+    assert r0.info["evaluations"] == sum(budget_evaluations(6, k, n, m) for k, n, m in
+                                         zip([1, 2, 3], [400, 100, 50], [2, 4, 8], strict=True))
+    _within(r0, f, 3)
+    est = np.array([np.r_[r.variance_by_order, r.total_variance] for r in runs])
+    se = np.array([np.r_[r.stderr, r.info["total_stderr"]] for r in runs])
+    ratio = est.std(axis=0, ddof=1) / np.sqrt((se**2).mean(axis=0))
+    assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), ratio
+    exact = np.r_[f.variance_by_order(3), f.total_variance]
+    assert np.all(np.abs(est.mean(0) - exact) <= 4 * est.std(0, ddof=1) / 5)
+
+
+def test_staged_subsets_and_target():
+    f = g_function([0.0, 0.5, 3.0, 9.0])
+    res = fg.decompose(f, f.dist, method="sobol", max_order=2, n=[2000, 1000], seed=3,
+                       return_subsets=True)
+    exact = f.subset_variances()
+    for u, v in res.info["subset_variances"].items():
+        assert abs(v - exact[u]) <= 4 * res.info["subset_stderr"][u], u
+    res = fg.decompose(f, f.dist, method="sobol", max_order=2, n=[50_000, 50_000], seed=0,
+                       batch_size=100, target=0.02)
+    assert all(k < 50_000 for k in res.info["n"])
+    assert np.all(res.stderr[:2] <= 0.02 * res.total_variance)
+
+
+def test_staged_bad_lengths_name_field():
+    with pytest.raises(ValueError, match="n"):
+        fg.decompose(lambda X: X[:, 0], fg.Uniform(d=3), method="sobol", max_order=3, n=[10, 10])
+    with pytest.raises(ValueError, match="complements"):
+        fg.decompose(lambda X: X[:, 0], fg.Uniform(d=3), method="sobol", max_order=2,
+                     complements=[2, 1])

@@ -124,7 +124,8 @@ def _point_chunks(dist, n: int, m: int, seed: int, sampler: str, scrambles: int,
 
     log2 = max(1, int(math.floor(math.log2(max(2, n // scrambles)))))
     for g in range(scrambles):
-        eng = qmc.Sobol((m + 1) * dist.d, scramble=True, seed=np.random.default_rng([seed, g]))
+        key = [*np.atleast_1d(seed).tolist(), g]
+        eng = qmc.Sobol((m + 1) * dist.d, scramble=True, seed=np.random.default_rng(key))
         pts = _from_unit(dist, eng.random_base2(log2).reshape(-1, m + 1, dist.d))
         for start in range(0, len(pts), batch):
             yield pts[start : start + batch], start + batch >= len(pts)
@@ -164,54 +165,25 @@ def _default_budget(device: torch.device) -> int:
     return 512 << 20
 
 
-def decompose(
-    f,
-    dist: Uniform | Normal,
-    max_order: int = 3,
-    n: int = 1000,
-    complements: int = 2,
-    seed: int = 0,
-    device: str = "auto",
-    max_memory: int | None = None,
-    batch_size: int | None = None,
-    target: float | None = None,
-    min_n: int = 200,
-    return_subsets: bool = False,
-    sampler: str = "random",
-    scrambles: int = 16,
-    input: str = "auto",
-    dtype: str = "float64",
-) -> EffectSizes:
-    """Unbiased V_1..V_K, V_>K and Var F of F under `dist`, each with its standard error.
+def _per_stage(name: str, value, K: int) -> list[int] | None:
+    """None for one int; a list of K ints (>= 2) for one value per order."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        _check_int(name, value, 2)
+        return None
+    vals = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+    if vals is None or len(vals) != K:
+        raise ValueError(f"{name}: expected an integer >= 2 or {K} of them (one per order), "
+                         f"got {value!r}")
+    return [_check_int(name, v, 2) for v in vals]
 
-    f: callable [N, d] -> [N] or [R, N] (numpy in/out, or torch in/out with input="torch";
-    an nn.Module is called with a torch tensor on `device`). n: number of base points (the
-    maximum when `target` is set). complements: m >= 2 complements per base point.
-    target: stop early once every stderr <= target * total variance (all replicas), after at
-    least min_n base points. batch_size: base points per chunk; by default sized so the
-    query rows and outputs fit `max_memory` bytes (CPU 512 MiB, CUDA a quarter of free).
-    sampler: "random" (iid points; stderr from the n per-point values) or "sobol" (randomized
-    QMC: `scrambles` independent scrambled Sobol' nets of 2^floor(log2(n / scrambles)) points
-    each, the stderr from the spread of the per-net estimates; smaller errors on smooth F).
-    Result: variance_by_order [(R,) K+1], stderr the same shape; info holds the total's
-    stderr, the covariance of (V_1..V_K, V_>K, Var F), evaluation counts and the device.
+
+def _run_stage(ev: _Evaluator, dist, K: int, n: int, m: int, seed, opts: dict) -> dict:
+    """One design (all subsets of size <= K, m complements, up to n base points).
+
+    Returns the observation statistics of A = [Q_1..Q_K, T] (per point, or per scrambled net)
+    and, when asked, of the per-subset P_u.
     """
-    if not isinstance(dist, (Uniform, Normal)):
-        raise ValueError(f"dist: expected fg.Uniform or fg.Normal, got {type(dist).__name__}")
-    K = _check_int("max_order", max_order, 1)
-    n = _check_int("n", n, 2)
-    m = _check_int("complements", complements, 2)
-    seed = _check_int("seed", seed, 0)
-    min_n = _check_int("min_n", min_n, 2)
-    if target is not None and not (isinstance(target, (int, float)) and target > 0):
-        raise ValueError(f"target: expected a positive relative stderr or None, got {target!r}")
-    if sampler not in ("random", "sobol"):
-        raise ValueError(f"sampler: expected 'random' or 'sobol', got {sampler!r}")
-    scrambles = _check_int("scrambles", scrambles, 2)
-    dev = resolve_device(device)
-    ev = _Evaluator(f, dev, input, dtype)
-    d = dist.d
-
+    dev, d, sampler = ev.device, dist.d, opts["sampler"]
     subsets = subsets_up_to(d, K)  # S subsets, subsets[0] = ()
     S = len(subsets)
     mask = torch.zeros(S, d, dtype=torch.bool, device=dev)
@@ -224,22 +196,16 @@ def decompose(
     sizes = torch.tensor([len(u) for u in subsets], device=dev)  # order of each subset
 
     rows_per_point = m * S + 1
+    batch_size = opts["batch_size"]
     if batch_size is None:
-        budget = max_memory if max_memory is not None else _default_budget(dev)
-        budget = _check_int("max_memory", budget, 1)
-        probe = ev(torch.as_tensor(_draw(dist, np.random.default_rng(seed), 1, 1)[:, 0],
-                                   device=dev))  # [R, 1]: learn R cheaply
-        R = probe.shape[0]
-        per_point = rows_per_point * (8 * d + 8 * 5 * R)  # queries + output and 4 work copies
-        batch_size = max(1, min(n, budget // per_point))
-    batch_size = _check_int("batch_size", batch_size, 1)
+        per_point = rows_per_point * (8 * d + 8 * 5 * opts["R"])  # queries, output, 4 copies
+        batch_size = max(1, min(n, opts["budget"] // per_point))
 
-    # observations: per point (random) or per scrambled net (sobol) of A = [Q_1..Q_K, T]
     stats, sub_stats = _Stats(full=True), _Stats(full=False)
     gA = gP = None
     gn = done = 0
-    chunks = _point_chunks(dist, n, m, seed, sampler, scrambles, batch_size)
-    for pts_np, group_end in chunks:
+    for pts_np, group_end in _point_chunks(dist, n, m, seed, sampler, opts["scrambles"],
+                                           batch_size):
         b = len(pts_np)
         pts = torch.as_tensor(pts_np, device=dev).to(ev.dtype)  # [b, m+1, d]
         x, z = pts[:, 0], pts[:, 1:]
@@ -259,29 +225,115 @@ def decompose(
         done += b
         if sampler == "random":
             stats.add(A)
-            if return_subsets:
+            if opts["return_subsets"]:
                 sub_stats.add(P)
         else:  # one observation per scrambled net: its mean
             gA = A.sum(dim=1) if gA is None else gA + A.sum(dim=1)
-            if return_subsets:
+            if opts["return_subsets"]:
                 gP = P.sum(dim=1) if gP is None else gP + P.sum(dim=1)
             gn += b
             if group_end:
                 stats.add((gA / gn)[:, None])
-                if return_subsets:
+                if opts["return_subsets"]:
                     sub_stats.add((gP / gn)[:, None])
                 gA = gP = None
                 gn = 0
-        enough = done >= min_n and stats.k >= (2 if sampler == "random" else 4)
-        if target is not None and enough and group_end:
-            est, cov = _moments(stats, K)
-            se = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2)[:, : K + 1])
-            if bool((se <= target * est[:, -1:]).all()):
+        enough = done >= opts["min_n"] and stats.k >= (2 if sampler == "random" else 4)
+        if opts["target"] is not None and enough and group_end and done < n:
+            if _reached(stats, K, opts["target"], opts["check"]):
                 break
+    return {"K": K, "m": m, "n": done, "evaluations": done * rows_per_point, "stats": stats,
+            "sub_stats": sub_stats, "subsets": subsets, "batch_size": batch_size}
 
-    est, cov = _moments(stats, K)  # [R, K+2], [R, K+2, K+2]
+
+def _reached(stats: _Stats, K: int, target: float, check: str) -> bool:
+    """Stopping rule: "all" orders and the tail, or only the "top" order (+ Var F)."""
+    mean, C = stats.mean(), stats.cov_of_mean()  # [R, K+1], [R, K+1, K+1]
+    var = torch.diagonal(C, dim1=1, dim2=2)
+    tail = var[:, K] + var[:, :K].sum(1) - 2 * C[:, K, :K].sum(1) + 2 * torch.triu(
+        C[:, :K, :K], diagonal=1).sum((1, 2))
+    se = torch.sqrt(torch.cat([var, tail[:, None]], dim=1))  # Q_1..Q_K, T, tail
+    limit = target * mean[:, K : K + 1]
+    cols = list(range(K + 2)) if check == "all" else [K - 1, K]
+    return bool((se[:, cols] <= limit).all())
+
+
+def decompose(
+    f,
+    dist: Uniform | Normal,
+    max_order: int = 3,
+    n=1000,
+    complements=2,
+    seed: int = 0,
+    device: str = "auto",
+    max_memory: int | None = None,
+    batch_size: int | None = None,
+    target: float | None = None,
+    min_n: int = 200,
+    return_subsets: bool = False,
+    sampler: str = "random",
+    scrambles: int = 16,
+    input: str = "auto",
+    dtype: str = "float64",
+) -> EffectSizes:
+    """Unbiased V_1..V_K, V_>K and Var F of F under `dist`, each with its standard error.
+
+    f: callable [N, d] -> [N] or [R, N] (numpy in/out, or torch in/out with input="torch";
+    an nn.Module is called with a torch tensor on `device`). n: number of base points (the
+    maximum when `target` is set). complements: m >= 2 complements per base point.
+    Staged design: give n (and/or complements) as K values, one per order: stage k runs the
+    design of all subsets of size <= k with n[k-1] points and m[k-1] complements, and every
+    V_j, Var F is the point-weighted pool over the stages that estimate it (independent
+    stages, so the covariances add). Low orders are cheap per point (S small) but need many
+    points; high orders need few points at S ~ C(d, K) evaluations each — staging lets each
+    order get what it needs (bench/report_sobol.py: ~50x fewer evaluations for trained MLPs).
+    target: stop early once every stderr <= target * total variance (all replicas), after at
+    least min_n base points; staged: each stage stops once its top order's stderr and that
+    of Var F are below it (the pooled lower orders are then at least as good).
+    batch_size: base points per chunk; by default sized so the query rows and outputs fit
+    `max_memory` bytes (CPU 512 MiB, CUDA a quarter of free).
+    sampler: "random" (iid points; stderr from the n per-point values) or "sobol" (randomized
+    QMC: `scrambles` independent scrambled Sobol' nets of 2^floor(log2(n / scrambles)) points
+    each, the stderr from the spread of the per-net estimates; smaller errors on smooth F).
+    Result: variance_by_order [(R,) K+1], stderr the same shape; info holds the total's
+    stderr, the covariance of (V_1..V_K, V_>K, Var F), evaluation counts and the device.
+    """
+    if not isinstance(dist, (Uniform, Normal)):
+        raise ValueError(f"dist: expected fg.Uniform or fg.Normal, got {type(dist).__name__}")
+    K = _check_int("max_order", max_order, 1)
+    ns, ms = _per_stage("n", n, K), _per_stage("complements", complements, K)
+    seed = _check_int("seed", seed, 0)
+    min_n = _check_int("min_n", min_n, 2)
+    if target is not None and not (isinstance(target, (int, float)) and target > 0):
+        raise ValueError(f"target: expected a positive relative stderr or None, got {target!r}")
+    if sampler not in ("random", "sobol"):
+        raise ValueError(f"sampler: expected 'random' or 'sobol', got {sampler!r}")
+    scrambles = _check_int("scrambles", scrambles, 2)
+    if batch_size is not None:
+        batch_size = _check_int("batch_size", batch_size, 1)
+    dev = resolve_device(device)
+    ev = _Evaluator(f, dev, input, dtype)
+    if ns is None and ms is None:
+        stages = [(K, int(n), int(complements), seed)]
+    else:
+        ns = ns or [int(n)] * K
+        ms = ms or [int(complements)] * K
+        stages = [(k, ns[k - 1], ms[k - 1], [seed, k]) for k in range(1, K + 1)]
+
+    opts = {"sampler": sampler, "scrambles": scrambles, "batch_size": batch_size,
+            "return_subsets": return_subsets, "min_n": min_n, "target": target,
+            "check": "all" if len(stages) == 1 else "top", "R": 1, "budget": 0}
+    if batch_size is None:
+        budget = max_memory if max_memory is not None else _default_budget(dev)
+        opts["budget"] = _check_int("max_memory", budget, 1)
+        probe = ev(torch.as_tensor(_draw(dist, np.random.default_rng(seed), 1, 1)[:, 0],
+                                   device=dev))  # [R, 1]: learn R cheaply
+        opts["R"] = probe.shape[0]
+    runs = [_run_stage(ev, dist, k, n_k, m_k, s_k, opts) for k, n_k, m_k, s_k in stages]
+
+    est, cov = _pool(runs, K)  # [R, K+2], [R, K+2, K+2]
     est, cov = est.cpu().numpy(), cov.cpu().numpy()
-    se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    se = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
     vbo, total, vse, tse = est[:, : K + 1], est[:, K + 1], se[:, : K + 1], se[:, K + 1]
     # delta method for the shares V_k / Var F: var(a/T) ~ (var a - 2r cov(a,T) + r^2 var T)/T^2
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -289,24 +341,22 @@ def decompose(
         cvt = cov[:, : K + 1, K + 1]
         fvar = (se[:, : K + 1] ** 2 - 2 * r * cvt + r**2 * (tse**2)[:, None]) / total[:, None] ** 2
     fse = np.sqrt(np.maximum(fvar, 0.0))
+    staged = len(runs) > 1
     info = {
         "device": str(dev),
-        "n": done,
-        "complements": m,
-        "subsets": S,
-        "evaluations": done * rows_per_point,
+        "n": [rn["n"] for rn in runs] if staged else runs[0]["n"],
+        "complements": [rn["m"] for rn in runs] if staged else runs[0]["m"],
+        "subsets": len(runs[-1]["subsets"]),
+        "evaluations": sum(rn["evaluations"] for rn in runs),  # per replica
         "total_stderr": tse,
         "fraction_stderr": fse,  # stderr of variance_by_order / total_variance (delta method)
         "cov": cov,  # covariance of the estimates (V_1..V_K, V_>K, Var F)
-        "batch_size": batch_size,
+        "batch_size": [rn["batch_size"] for rn in runs] if staged else runs[0]["batch_size"],
         "sampler": sampler,
-        "groups": stats.k,  # iid observations behind the stderr (points, or scrambled nets)
+        "groups": sum(rn["stats"].k for rn in runs),  # iid observations behind the stderr
     }
     if return_subsets:
-        mean = sub_stats.mean().cpu().numpy()
-        sse = np.sqrt(np.maximum(sub_stats.cov_of_mean().cpu().numpy(), 0.0))
-        info["subset_variances"] = {u: mean[:, j] for j, u in enumerate(subsets) if j}
-        info["subset_stderr"] = {u: sse[:, j] for j, u in enumerate(subsets) if j}
+        info["subset_variances"], info["subset_stderr"] = _pool_subsets(runs)
     if not ev.replica_axis:
         vbo, total, vse, tse = vbo[0], total[0], vse[0], tse[0]
         info["total_stderr"], info["cov"] = tse, cov[0]
@@ -324,15 +374,46 @@ def decompose(
     )
 
 
-def _moments(stats: _Stats, K: int):
-    """Estimates [R, K+2] = (V_1..V_K, V_>K, Var F) and their covariance [R, K+2, K+2]."""
-    mean, C = stats.mean(), stats.cov_of_mean()  # [R, K+1], [R, K+1, K+1]
-    L = torch.zeros(K + 2, K + 1, dtype=torch.float64, device=mean.device)
+def _pool(runs: list[dict], K: int):
+    """Estimates [R, K+2] = (V_1..V_K, V_>K, Var F) and their covariance [R, K+2, K+2].
+
+    Each stage s gives the mean of its observations of (Q_1..Q_ks, T); Q_j and T are pooled
+    with weights n_s / (points of the stages that have them). Stages are independent.
+    """
+    dev = runs[0]["stats"].mean().device
+    mean_p = cov_p = None
+    for s in runs:
+        ks, st = s["K"], s["stats"]
+        Ls = torch.zeros(K + 1, ks + 1, dtype=torch.float64, device=dev)
+        for j in range(1, ks + 1):
+            Ls[j - 1, j - 1] = s["n"] / sum(r["n"] for r in runs if r["K"] >= j)
+        Ls[K, ks] = s["n"] / sum(r["n"] for r in runs)
+        mu, C = st.mean() @ Ls.T, Ls @ st.cov_of_mean() @ Ls.T
+        mean_p = mu if mean_p is None else mean_p + mu
+        cov_p = C if cov_p is None else cov_p + C
+    L = torch.zeros(K + 2, K + 1, dtype=torch.float64, device=dev)
     L[:K, :K] = torch.eye(K, dtype=torch.float64)
     L[K, :K] = -1.0  # tail = T - sum_k Q_k
     L[K, K] = 1.0
     L[K + 1, K] = 1.0  # total = T
-    return mean @ L.T, L @ C @ L.T
+    return mean_p @ L.T, L @ cov_p @ L.T
+
+
+def _pool_subsets(runs: list[dict]) -> tuple[dict, dict]:
+    """Per-subset estimates pooled over the stages that contain the subset (point weights)."""
+    acc: dict = {}
+    for s in runs:
+        mean = s["sub_stats"].mean().cpu().numpy()
+        var = np.maximum(s["sub_stats"].cov_of_mean().cpu().numpy(), 0.0)
+        for j, u in enumerate(s["subsets"]):
+            if j:
+                acc.setdefault(u, []).append((s["n"], mean[:, j], var[:, j]))
+    est, se = {}, {}
+    for u, parts in acc.items():
+        tot = sum(nn for nn, _, _ in parts)
+        est[u] = sum(nn / tot * mu for nn, mu, _ in parts)
+        se[u] = np.sqrt(sum((nn / tot) ** 2 * v for nn, _, v in parts))
+    return est, se
 
 
 def budget_evaluations(d: int, max_order: int, n: int, complements: int = 2) -> int:
