@@ -238,18 +238,16 @@ class _Ops:
             self._mask(out, keys, "in")
             out.mul_(x)
 
-    def hidden(self, z: torch.Tensor, bias: torch.Tensor, D: torch.Tensor, step: int,
-               layer: int) -> None:
-        """z <- relu(z + bias) * mask, D <- mask * (z + bias > 0); hidden layer `layer` >= 1."""
+    def hidden(self, z: torch.Tensor, bias: torch.Tensor, step: int, layer: int) -> None:
+        """z <- relu(z + bias) * mask for hidden layer `layer` >= 1 (in place)."""
         keys = self.keys(step, layer)
         if self.backend == "numba":
-            dm.relu_dropout(z.numpy(), bias.numpy(), D.numpy(), keys, self.act_rates,
-                            self.act_scale)
+            dm.relu_dropout(z.numpy(), bias.numpy(), keys, self.act_rates, self.act_scale)
         else:
-            self._mask(D, keys, "act")
-            z.add_(bias.unsqueeze(1))
-            D.mul_(z > 0)
-            z.mul_(D)
+            if getattr(self, "_M", None) is None or self._M.shape != z.shape:
+                self._M = torch.empty_like(z)  # mask scratch [R, b, w]
+            self._mask(self._M, keys, "act")
+            z.add_(bias.unsqueeze(1)).clamp_(min=0).mul_(self._M)
 
     def head_forward(self, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
                      g: torch.Tensor) -> np.ndarray:
@@ -262,23 +260,29 @@ class _Ops:
         torch.mul(res, 2.0 / a.shape[1], out=g)
         return (res.double() ** 2).mean(1).cpu().numpy()
 
-    def head_backward(self, a, g, w, D, gw, gb, gz, gzb) -> None:
-        """Output-layer grads gw [R, k], gb [R]; gz = g w^T * D [R, n, k], gzb = sum_i gz."""
+    def head_backward(self, a, g, w, gw, gb, gz, gzb) -> None:
+        """Output-layer grads gw [R, k], gb [R]; gz = g w^T * da/dz [R, n, k], gzb = sum_i gz.
+
+        da/dz of the last hidden layer is scale * (a > 0), see `dropout_masks.relu_dropout`.
+        """
         if self.backend == "numba":
-            mh.head_backward(a.numpy(), g.numpy(), w.numpy(), D.numpy(), gw.numpy(),
+            mh.head_backward(a.numpy(), g.numpy(), w.numpy(), self.act_scale, gw.numpy(),
                              gb.numpy(), gz.numpy(), gzb.numpy())
         else:
             gw.copy_(torch.bmm(g.unsqueeze(1), a)[:, 0])
             gb.copy_(g.sum(1))
-            torch.mul(g.unsqueeze(2) * w.unsqueeze(1), D, out=gz)
+            s = self.t["act_scale"].view(-1, 1, 1)
+            torch.mul(g.unsqueeze(2) * w.unsqueeze(1), s, out=gz)
+            gz.mul_(a > 0)
             gzb.copy_(gz.sum(1))
 
-    def relu_backward(self, ga: torch.Tensor, D: torch.Tensor, gb: torch.Tensor) -> None:
-        """ga <- ga * D (grad at the pre-activation); gb [R, k] <- its sum over rows."""
+    def relu_backward(self, ga: torch.Tensor, a: torch.Tensor, gb: torch.Tensor) -> None:
+        """ga <- ga * scale * (a > 0) (grad at the pre-activation of the layer whose output is
+        a); gb [R, k] <- its sum over rows."""
         if self.backend == "numba":
-            mh.relu_backward(ga.numpy(), D.numpy(), gb.numpy())
+            mh.relu_backward(ga.numpy(), a.numpy(), self.act_scale, gb.numpy())
         else:
-            ga.mul_(D)
+            ga.mul_(self.t["act_scale"].view(-1, 1, 1)).mul_(a > 0)
             gb.copy_(ga.sum(1))
 
 
@@ -393,9 +397,9 @@ class _Trainer:
     """Forward and hand-written backward for one chunk of same-width replicas.
 
     Buffers are allocated once and reused: A[l] [R, b, in_l] holds layer l's input (A[0] the
-    masked inputs, A[l >= 1] the hidden activations after ReLU and dropout), D[l] the local
-    derivative mask * (z > 0). GEMMs run in torch (bmm); bias, ReLU, dropout, the output layer
-    and the bias gradients run in fused kernels (`_Ops`).
+    masked inputs, A[l >= 1] the hidden activations after ReLU and dropout; their derivative
+    is scale * (A[l] > 0), so no mask is kept). GEMMs run in torch (bmm); bias, ReLU, dropout,
+    the output layer and the bias gradients run in fused kernels (`_Ops`).
     """
 
     def __init__(self, R: int, b: int, d: int, width: int, depth: int, ops: _Ops,
@@ -404,7 +408,6 @@ class _Trainer:
         self.ops = ops
         f32 = dict(dtype=torch.float32, device=device)
         self.A = [torch.empty(R, b, d if l == 0 else width, **f32) for l in range(depth + 1)]
-        self.D = [None] + [torch.empty(R, b, width, **f32) for _ in range(depth)]  # da/dz
         self.GZ = [torch.empty(R, b, width, **f32) for _ in range(2)]  # grads at z [R, b, w]
         self.g = torch.empty(R, b, **f32)  # d loss / d out [R, b]
         self.G_buf = stack.buffer()  # gradients, flat (see _Stack)
@@ -422,12 +425,10 @@ class _Trainer:
         P = list(zip(params[::2], params[1::2], strict=True))  # (W [R, in, out], b [R, 1, out])
         GP = list(zip(self.G[::2], self.G[1::2], strict=True))
         A = self.A if full else [t[:, :b] for t in self.A]
-        D = self.D if full else [None] + [t[:, :b] for t in self.D[1:]]
         GZ = self.GZ if full else [t[:, :b] for t in self.GZ]
         g = self.g if full else self.g[:, :b]
         if not full:  # a short last minibatch: the numba kernels need contiguous arrays
-            A, D, GZ, g = ([t.contiguous() for t in A], [None] + [t.contiguous() for t in D[1:]],
-                           [t.contiguous() for t in GZ], g.contiguous())
+            A, GZ, g = [t.contiguous() for t in A], [t.contiguous() for t in GZ], g.contiguous()
         if self.ops.any_input:
             self.ops.input(A[0], x, step)
         elif not (fixed and self.x_fixed):
@@ -436,20 +437,19 @@ class _Trainer:
         for l in range(1, depth + 1):
             W, bias = P[l - 1]
             torch.bmm(A[l - 1], W, out=A[l])  # [R, b, w]
-            self.ops.hidden(A[l], bias[:, 0], D[l], step, l)
+            self.ops.hidden(A[l], bias[:, 0], step, l)
         w_out, b_out = P[depth][0][..., 0], P[depth][1][:, 0, 0]  # [R, w], [R]
         loss = self.ops.head_forward(A[depth], w_out, b_out, y, g)
         gW, gb = GP[depth]
         gb_prev = GP[depth - 1][1][:, 0]  # [R, w]
-        self.ops.head_backward(A[depth], g, w_out, D[depth], gW[..., 0], gb[:, 0, 0], GZ[0],
-                               gb_prev)
+        self.ops.head_backward(A[depth], g, w_out, gW[..., 0], gb[:, 0, 0], GZ[0], gb_prev)
         for l in range(depth, 0, -1):
             gz = GZ[(depth - l) % 2]  # d loss / d z_l  [R, b, w]
             torch.bmm(A[l - 1].transpose(1, 2), gz, out=GP[l - 1][0])  # [R, in, w]
             if l > 1:
                 nxt = GZ[(depth - l + 1) % 2]
                 torch.bmm(gz, P[l - 1][0].transpose(1, 2), out=nxt)  # [R, b, w]
-                self.ops.relu_backward(nxt, D[l - 1], GP[l - 2][1][:, 0])
+                self.ops.relu_backward(nxt, A[l - 1], GP[l - 2][1][:, 0])
         return loss
 
 
@@ -530,7 +530,7 @@ def _bytes_per_replica(n: int, d: int, width: int, depth: int, any_input: bool,
                        minibatch: bool) -> int:
     """Rough working memory of one replica during a training step (float32 bytes, x1.5)."""
     P = n_params(d, width, depth)
-    floats = n * (2 * depth + 3) * width + 4 * n + 5 * P
+    floats = n * (depth + 2) * width + 4 * n + 5 * P  # activations, 2 grad buffers, state
     if any_input or minibatch:
         floats += 2 * n * d
     return int(1.5 * 4 * floats)

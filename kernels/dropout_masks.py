@@ -95,13 +95,14 @@ def fill_masks(out: np.ndarray, keys: np.ndarray, rates: np.ndarray, scale: np.n
 
 
 @njit(cache=True, parallel=True)
-def relu_dropout(z: np.ndarray, bias: np.ndarray, d: np.ndarray, keys: np.ndarray,
-                 rates: np.ndarray, scale: np.ndarray) -> None:
+def relu_dropout(z: np.ndarray, bias: np.ndarray, keys: np.ndarray, rates: np.ndarray,
+                 scale: np.ndarray) -> None:
     """Fused training forward of bias + ReLU + inverted dropout, in place (no mask tensor).
 
-    With zb = z + bias: z <- relu(zb) * mask and d <- mask * (zb > 0), the local derivative
-    used by the backward pass. Same mask stream as `fill_masks`.
-    z, d: float32 [R, n, units] (C-contiguous); bias: [R, units].
+    z <- relu(z + bias) * mask. The backward pass needs no stored mask: the local derivative
+    mask * (z + bias > 0) equals scale * (output > 0), because scale >= 1 and a kept positive
+    input stays positive. Same mask stream as `fill_masks`.
+    z: float32 [R, n, units] (C-contiguous); bias: [R, units].
     """
     R, n, units = z.shape
     for ri in prange(R * n):
@@ -113,15 +114,9 @@ def relu_dropout(z: np.ndarray, bias: np.ndarray, d: np.ndarray, keys: np.ndarra
         c0 = np.uint64(i) * np.uint64(units)
         for j in range(units):
             zz = z[r, i, j] + bias[r, j]
-            m = s
-            if p != 0:
-                if uniform(k, c0 + np.uint64(j)) < p:
-                    m = np.float32(0.0)
-            if zz > 0:
-                d[r, i, j] = m
-                z[r, i, j] = zz * m
+            if zz > 0 and (p == 0 or uniform(k, c0 + np.uint64(j)) >= p):
+                z[r, i, j] = zz * s
             else:
-                d[r, i, j] = 0.0
                 z[r, i, j] = 0.0
 
 

@@ -2,7 +2,9 @@
 
 - `head_forward` / `head_backward`: the linear output layer (a batched GEMV, which a GEMM
   library runs at full GEMM cost) fused with the MSE loss, reading the activations once.
-- `relu_backward`: gz <- ga * d in place and the bias gradient sum_i gz, in one pass.
+- `relu_backward`: gz <- ga * da/dz in place and the bias gradient sum_i gz, in one pass.
+The derivative of a hidden layer's output a = relu(z) * mask is scale * (a > 0) (see
+`dropout_masks.relu_dropout`), so no mask is stored between the passes.
 All arrays C-contiguous float32 except the small per-replica vectors (views are fine).
 """
 
@@ -36,25 +38,28 @@ def head_forward(a: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, g: 
 
 
 @njit(cache=True, parallel=True)
-def head_backward(a: np.ndarray, g: np.ndarray, w: np.ndarray, d: np.ndarray,
+def head_backward(a: np.ndarray, g: np.ndarray, w: np.ndarray, scale: np.ndarray,
                   gw: np.ndarray, gb: np.ndarray, gz: np.ndarray, gzb: np.ndarray) -> None:
     """Output layer backward, then through the last hidden ReLU/dropout.
 
-    gw[r] = a[r]^T g[r], gb[r] = sum_i g[r, i]; gz[r, i, j] = g[r, i] w[r, j] d[r, i, j]
-    (the gradient at the last hidden pre-activation) and gzb[r] = sum_i gz[r, i] (its bias
-    gradient). Sums in float64. a, d, gz: [R, n, k]; g: [R, n]; w, gw, gzb: [R, k]; gb: [R].
+    gw[r] = a[r]^T g[r], gb[r] = sum_i g[r, i]; gz[r, i, j] = g[r, i] w[r, j] da/dz with
+    da/dz = scale[r] (a[r, i, j] > 0) (the gradient at the last hidden pre-activation) and
+    gzb[r] = sum_i gz[r, i] (its bias gradient). Sums in float64.
+    a, gz: [R, n, k]; g: [R, n]; w, gw, gzb: [R, k]; gb, scale: [R].
     """
     R, n, k = a.shape
     for r in prange(R):
         acc = np.zeros(k, dtype=np.float64)
         accz = np.zeros(k, dtype=np.float64)
         accb = 0.0
+        s = scale[r]
         for i in range(n):
             gi = g[r, i]
             accb += gi
             for j in range(k):
-                acc[j] += a[r, i, j] * gi
-                v = gi * w[r, j] * d[r, i, j]
+                aij = a[r, i, j]
+                acc[j] += aij * gi
+                v = gi * w[r, j] * s if aij > 0 else np.float32(0.0)
                 gz[r, i, j] = v
                 accz[j] += v
         gb[r] = accb
@@ -64,17 +69,16 @@ def head_backward(a: np.ndarray, g: np.ndarray, w: np.ndarray, d: np.ndarray,
 
 
 @njit(cache=True, parallel=True)
-def relu_backward(ga: np.ndarray, d: np.ndarray, gb: np.ndarray) -> None:
-    """ga <- ga * d in place (gradient at the pre-activation); gb[r] = sum_i ga[r, i] (float64).
-
-    ga, d: [R, n, k]; gb: [R, k].
-    """
+def relu_backward(ga: np.ndarray, a: np.ndarray, scale: np.ndarray, gb: np.ndarray) -> None:
+    """ga <- ga * scale[r] (a > 0) in place (the gradient at the pre-activation of the layer
+    whose output is a); gb[r] = sum_i ga[r, i] (float64). ga, a: [R, n, k]; gb: [R, k]."""
     R, n, k = ga.shape
     for r in prange(R):
         acc = np.zeros(k, dtype=np.float64)
+        s = scale[r]
         for i in range(n):
             for j in range(k):
-                v = ga[r, i, j] * d[r, i, j]
+                v = ga[r, i, j] * s if a[r, i, j] > 0 else np.float32(0.0)
                 ga[r, i, j] = v
                 acc[j] += v
         for j in range(k):
