@@ -183,10 +183,11 @@ def _fit_stage(
         p["multi_strategy"] = "one_output_per_tree"
     # matrices built with the fit's thread count: OpenMP teams on a busy machine spin-wait
     dfit = xgb.QuantileDMatrix(X, label=(T - mu).astype(np.float32), max_bin=p["max_bin"],
-                               nthread=p["nthread"])
+                               nthread=p.get("nthread", -1))
     tracker = None
     if stop is not None and patience > 0:
-        tracker = _PerTargetStop(stop[0], stop[1] - mu, patience, STOP_CHECK_EVERY, p["nthread"])
+        tracker = _PerTargetStop(stop[0], stop[1] - mu, patience, STOP_CHECK_EVERY,
+                                 p.get("nthread", -1))
     booster = xgb.train(p, dfit, num_boost_round=n_rounds,
                         callbacks=[tracker] if tracker is not None else None)
     if tracker is not None:
@@ -195,7 +196,8 @@ def _fit_stage(
     else:
         rounds = np.full(T.shape[1], booster.num_boosted_rounds(), dtype=np.int64)
     device = json.loads(booster.save_config())["learner"]["generic_param"]["device"]
-    preds = [mu + _predict_truncated(booster, Xp, rounds, p["nthread"]) for Xp in predict_on]
+    preds = [mu + _predict_truncated(booster, Xp, rounds, p.get("nthread", -1))
+             for Xp in predict_on]
     return preds, rounds, device
 
 
@@ -396,7 +398,9 @@ def decompose(
 
     # ---- fit: target groups x depths, in worker threads (one XGBoost thread each on CPU)
     params = {"eta": float(eta), "max_bin": bins, "tree_method": "hist", "device": xdev,
-              "nthread": 1 if xdev == "cpu" else 0, "seed": int(seed)}
+              "seed": int(seed)}
+    if xdev == "cpu":
+        params["nthread"] = 1  # one XGBoost thread per worker thread
     n_groups = min(n_jobs, R)
     groups = [g for g in np.array_split(np.arange(R), n_groups) if len(g)]
     depth_lists = [[k] for k in range(K, 0, -1)] if variant == "nested" else [list(range(1, K + 1))]
