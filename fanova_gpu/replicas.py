@@ -643,6 +643,8 @@ def train_replicas(
     if kernels == "numba" and dev.type != "cpu":
         raise ValueError(f"kernels: 'numba' runs on the CPU only, but device is {dev}")
     backend = ("numba" if dev.type == "cpu" else "torch") if kernels == "auto" else kernels
+    if not _is_int(split_seed) or split_seed < 0:
+        raise ValueError(f"split_seed: expected a non-negative integer, got {split_seed!r}")
     if patience is None:
         patience = 1 if early_stopping == "train_loss_rise" else 20
 

@@ -72,6 +72,8 @@ def test_bad_grid_raises_naming_the_field(kwargs, field):
     (dict(max_memory=-5), "max_memory"),
     (dict(chunk_size=0), "chunk_size"),
     (dict(device="tpu"), "device"),
+    (dict(kernels="cuda"), "kernels"),
+    (dict(split_seed=-1), "split_seed"),
 ])
 def test_bad_training_option_raises_naming_the_field(data, kwargs, field):
     X, y = data
