@@ -222,12 +222,16 @@ class _Ops:
         return dm.step_keys(self.base, step, layer)
 
     def _mask(self, out: torch.Tensor, keys: np.ndarray, kind: str) -> None:
+        global _NUMBA_CUDA
         rates, scale = self.t[kind + "_rates"], self.t[kind + "_scale"]
         if out.is_cuda and _numba_cuda_ok():
-            dm.fill_masks_cuda(out, keys, rates, scale)
-        else:
-            keys_t = torch.from_numpy(keys.view(np.int64)).to(out.device)
-            dm.fill_masks_torch(out, keys_t, rates, scale)
+            try:
+                dm.fill_masks_cuda(out, keys, rates, scale)
+                return
+            except Exception:  # e.g. no NVVM for Numba: the torch stream gives the same masks
+                _NUMBA_CUDA = False
+        keys_t = torch.from_numpy(keys.view(np.int64)).to(out.device)
+        dm.fill_masks_torch(out, keys_t, rates, scale)
 
     def input(self, out: torch.Tensor, x: torch.Tensor, step: int) -> None:
         """out [R, b, d] <- x [1 or R, b, d] * input mask (layer 0)."""
