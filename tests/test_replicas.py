@@ -323,3 +323,14 @@ def test_torch_kernels_path_equals_numba_path(data):
     b = fg.train_replicas(X, y, grid, kernels="torch", **kw)
     assert _rel(b.params[W], a.params[W]) <= 1e-5
     np.testing.assert_allclose(b.history["train_loss"], a.history["train_loss"], rtol=1e-5)
+
+
+def test_records_after_every_replica_stopped_are_the_frozen_parameters(data):
+    X, y = data
+    grid = fg.ReplicaGrid(seeds=[0, 1], dropout_rates=[0.5], dropout_kinds=["both"], widths=[W])
+    run = fg.train_replicas(X, y, grid, steps=40, lr=1e-2, device="cpu",
+                            early_stopping="train_loss_rise", record_at=[0, 39, 40], Xq=X[:9])
+    assert np.all(run.steps_run < 39)
+    final = run.predict(X[:9])
+    np.testing.assert_array_equal(run.recorded[1], final)
+    np.testing.assert_array_equal(run.recorded[2], final)
