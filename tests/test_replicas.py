@@ -319,10 +319,13 @@ def test_torch_kernels_path_equals_numba_path(data):
     grid = fg.ReplicaGrid(seeds=[0, 1], dropout_rates=[0.0, 0.5], dropout_kinds=list(rp.KINDS),
                           widths=[W], weight_decays=[1e-3])
     kw = dict(steps=20, lr=1e-2, device="cpu", batch_size=50)
-    a = fg.train_replicas(X, y, grid, kernels="numba", **kw)
-    b = fg.train_replicas(X, y, grid, kernels="torch", **kw)
-    assert _rel(b.params[W], a.params[W]) <= 1e-5
-    np.testing.assert_allclose(b.history["train_loss"], a.history["train_loss"], rtol=1e-5)
+    for extra in ({}, {"early_stopping": "train_loss_rise", "patience": 3}):
+        a = fg.train_replicas(X, y, grid, kernels="numba", **kw, **extra)
+        b = fg.train_replicas(X, y, grid, kernels="torch", **kw, **extra)
+        np.testing.assert_array_equal(a.steps_run, b.steps_run)
+        assert _rel(b.params[W], a.params[W]) <= 1e-5
+        np.testing.assert_allclose(b.history["train_loss"], a.history["train_loss"],
+                                   rtol=1e-5)
 
 
 def test_records_after_every_replica_stopped_are_the_frozen_parameters(data):
