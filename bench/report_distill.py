@@ -143,6 +143,9 @@ def report(quick: bool = False) -> dict:
         "per-target early stopping (patience 100) on 10% of the rows, fit on the other 90%",
         "last column: worst replica's R^2 of distill minus the reference's, per stage (>= 0: "
         "no replica lost accuracy)",
+        "paper profile, batched (full mode): the paper's settings, multi-target + worker "
+        "threads only; its trees differ from XGBRegressor's only where the intercept's float32 "
+        "rounding flips a near-tie split",
         f"rounds used by distill per stage (mean over replicas): {rounds.mean(axis=0).round(0)}",
         f"{os.cpu_count()} CPU cores; distill ran {ours['info']['n_jobs']} worker threads x 1 "
         f"XGBoost thread on device {ours['info']['device']}",
