@@ -247,14 +247,14 @@ def _run_stage(ev: _Evaluator, dist, K: int, n: int, m: int, seed, opts: dict) -
 
 
 def _reached(stats: _Stats, K: int, target: float, check: str) -> bool:
-    """Stopping rule: "all" orders and the tail, or only the "top" order (+ Var F)."""
+    """Stopping rule: "all" orders, Var F and the tail; the "top" order (+ Var F: "top+total")."""
     mean, C = stats.mean(), stats.cov_of_mean()  # [R, K+1], [R, K+1, K+1]
     var = torch.diagonal(C, dim1=1, dim2=2)
     tail = var[:, K] + var[:, :K].sum(1) - 2 * C[:, K, :K].sum(1) + 2 * torch.triu(
         C[:, :K, :K], diagonal=1).sum((1, 2))
     se = torch.sqrt(torch.cat([var, tail[:, None]], dim=1))  # Q_1..Q_K, T, tail
     limit = target * mean[:, K : K + 1]
-    cols = list(range(K + 2)) if check == "all" else [K - 1, K]
+    cols = {"all": list(range(K + 2)), "top+total": [K - 1, K], "top": [K - 1]}[check]
     return bool((se[:, cols] <= limit).all())
 
 
@@ -288,8 +288,8 @@ def decompose(
     points; high orders need few points at S ~ C(d, K) evaluations each — staging lets each
     order get what it needs (bench/report_sobol.py: ~50x fewer evaluations for trained MLPs).
     target: stop early once every stderr <= target * total variance (all replicas), after at
-    least min_n base points; staged: each stage stops once its top order's stderr and that
-    of Var F are below it (the pooled lower orders are then at least as good).
+    least min_n base points; staged: each stage stops once its top order's stderr is below it
+    (the first stage also waits for Var F; pooled lower orders are then at least as good).
     batch_size: base points per chunk; by default sized so the query rows and outputs fit
     `max_memory` bytes (CPU 512 MiB, CUDA a quarter of free).
     sampler: "random" (iid points; stderr from the n per-point values) or "sobol" (randomized
@@ -322,14 +322,18 @@ def decompose(
 
     opts = {"sampler": sampler, "scrambles": scrambles, "batch_size": batch_size,
             "return_subsets": return_subsets, "min_n": min_n, "target": target,
-            "check": "all" if len(stages) == 1 else "top", "R": 1, "budget": 0}
+            "check": "all", "R": 1, "budget": 0}
     if batch_size is None:
         budget = max_memory if max_memory is not None else _default_budget(dev)
         opts["budget"] = _check_int("max_memory", budget, 1)
         probe = ev(torch.as_tensor(_draw(dist, np.random.default_rng(seed), 1, 1)[:, 0],
                                    device=dev))  # [R, 1]: learn R cheaply
         opts["R"] = probe.shape[0]
-    runs = [_run_stage(ev, dist, k, n_k, m_k, s_k, opts) for k, n_k, m_k, s_k in stages]
+    runs = []
+    for i, (k, n_k, m_k, s_k) in enumerate(stages):
+        if len(stages) > 1:  # Var F is pooled over all stages; the first one makes it precise
+            opts["check"] = "top+total" if i == 0 else "top"
+        runs.append(_run_stage(ev, dist, k, n_k, m_k, s_k, opts))
 
     est, cov = _pool(runs, K)  # [R, K+2], [R, K+2, K+2]
     est, cov = est.cpu().numpy(), cov.cpu().numpy()
