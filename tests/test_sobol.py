@@ -226,7 +226,9 @@ def test_staged_subsets_and_target():
     res = fg.decompose(f, f.dist, method="sobol", max_order=2, n=[50_000, 50_000], seed=0,
                        batch_size=100, target=0.02)
     assert all(k < 50_000 for k in res.info["n"])
-    assert np.all(res.stderr[:2] <= 0.02 * res.total_variance)
+    # stages stop against the first stage's Var F; the pooled Var F differs from it by about
+    # its own stderr (~1%), hence the 1.05 allowance
+    assert np.all(res.stderr[:2] <= 0.02 * 1.05 * res.total_variance)
 
 
 def test_staged_bad_lengths_name_field():

@@ -240,20 +240,22 @@ def _run_stage(ev: _Evaluator, dist, K: int, n: int, m: int, seed, opts: dict) -
                 gn = 0
         enough = done >= opts["min_n"] and stats.k >= (2 if sampler == "random" else 4)
         if opts["target"] is not None and enough and group_end and done < n:
-            if _reached(stats, K, opts["target"], opts["check"]):
+            if _reached(stats, K, opts["target"], opts["check"], opts.get("total_ref")):
                 break
     return {"K": K, "m": m, "n": done, "evaluations": done * rows_per_point, "stats": stats,
             "sub_stats": sub_stats, "subsets": subsets, "batch_size": batch_size}
 
 
-def _reached(stats: _Stats, K: int, target: float, check: str) -> bool:
+def _reached(stats: _Stats, K: int, target: float, check: str,
+             total_ref: torch.Tensor | None = None) -> bool:
     """Stopping rule: "all" orders, Var F and the tail; the "top" order (+ Var F: "top+total")."""
     mean, C = stats.mean(), stats.cov_of_mean()  # [R, K+1], [R, K+1, K+1]
     var = torch.diagonal(C, dim1=1, dim2=2)
     tail = var[:, K] + var[:, :K].sum(1) - 2 * C[:, K, :K].sum(1) + 2 * torch.triu(
         C[:, :K, :K], diagonal=1).sum((1, 2))
     se = torch.sqrt(torch.cat([var, tail[:, None]], dim=1))  # Q_1..Q_K, T, tail
-    limit = target * mean[:, K : K + 1]
+    total = mean[:, K] if total_ref is None else total_ref  # [R]
+    limit = target * total[:, None]
     cols = {"all": list(range(K + 2)), "top+total": [K - 1, K], "top": [K - 1]}[check]
     return bool((se[:, cols] <= limit).all())
 
@@ -334,6 +336,8 @@ def decompose(
         if len(stages) > 1:  # Var F is pooled over all stages; the first one makes it precise
             opts["check"] = "top+total" if i == 0 else "top"
         runs.append(_run_stage(ev, dist, k, n_k, m_k, s_k, opts))
+        if i == 0:  # later stages judge their stderr against the first stage's Var F
+            opts["total_ref"] = runs[0]["stats"].mean()[:, k]
 
     est, cov = _pool(runs, K)  # [R, K+2], [R, K+2, K+2]
     est, cov = est.cpu().numpy(), cov.cpu().numpy()
