@@ -22,8 +22,11 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.special import erf
 
+from .functions import KINDS
+from .functions import base as _base
+
 # kind codes of functions.KIND_CODES, evaluated here on arrays: g(x) = base(a x + c) + b
-KIND_NAMES = ("x", "x2", "sin", "cos", "exp", "abs", "x3", "x4")
+KIND_NAMES = KINDS  # kind codes index this tuple (shared with functions.py)
 
 
 def _check_p(p: float) -> float:
@@ -63,26 +66,6 @@ def predicted_shrinkage(variance_by_order, p: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- product-sum closed forms
-
-
-def _base(code: int, y: np.ndarray) -> np.ndarray:
-    if code == 0:
-        return y
-    if code == 1:
-        return y * y
-    if code == 2:
-        return np.sin(y)
-    if code == 3:
-        return np.cos(y)
-    if code == 4:
-        return np.exp(y)
-    if code == 5:
-        return np.abs(y)
-    if code == 6:
-        return y * y * y
-    if code == 7:
-        return (y * y) * (y * y)
-    raise ValueError(f"kind: expected a code in 0..{len(KIND_NAMES) - 1} {KIND_NAMES}, got {code}")
 
 
 def factor_values(code: int, a: float, c: float, b: float, x) -> np.ndarray:
