@@ -237,3 +237,76 @@ def test_staged_bad_lengths_name_field():
     with pytest.raises(ValueError, match="complements"):
         fg.decompose(lambda X: X[:, 0], fg.Uniform(d=3), method="sobol", max_order=2,
                      complements=[2, 1])
+
+
+def _calibrated(runs, exact, limit=1.5):
+    """Spread of independent estimates vs reported stderr within `limit`; mean unbiased."""
+    est = np.array([np.r_[r.variance_by_order, r.total_variance] for r in runs])
+    se = np.array([np.r_[r.stderr, r.info["total_stderr"]] for r in runs])
+    ratio = est.std(axis=0, ddof=1) / np.sqrt((se**2).mean(axis=0))
+    assert np.all((ratio > 1 / limit) & (ratio < limit)), ratio
+    k = len(runs)
+    assert np.all(np.abs(est.mean(0) - exact) <= 4 * est.std(0, ddof=1) / np.sqrt(k))
+
+
+@pytest.mark.parametrize("estimator,m", [("saltelli", 1), ("saltelli", 3), ("combined", 2)])
+def test_first_moment_estimators_within_4_stderr(estimator, m):
+    f = g_function([0.0, 1.0, 4.5, 9.0, 99.0, 99.0])
+    res = fg.decompose(f, f.dist, method="sobol", max_order=3, n=3000, complements=m, seed=1,
+                       estimator=estimator)
+    assert res.info["estimator"] == estimator
+    _within(res, f, 3)
+    g = ishigami()
+    _within(fg.decompose(g, g.dist, method="sobol", max_order=2, n=4000, complements=m, seed=2,
+                         estimator=estimator), g, 2)
+
+
+def test_saltelli_one_complement_calibrated_over_seeds():
+    f = g_function([0.0, 1.0, 2.0, 9.0])
+    runs = [fg.decompose(f, f.dist, method="sobol", max_order=2, n=400, complements=1, seed=s,
+                         estimator="saltelli") for s in range(25)]
+    assert runs[0].info["evaluations"] == budget_evaluations(4, 2, 400, 1)
+    _calibrated(runs, np.r_[f.variance_by_order(2), f.total_variance])
+
+
+def test_combined_calibrated_over_seeds():
+    f = g_function([0.0, 1.0, 2.0, 9.0])
+    runs = [fg.decompose(f, f.dist, method="sobol", max_order=2, n=400, complements=2, seed=s,
+                         estimator="combined") for s in range(25)]
+    _calibrated(runs, np.r_[f.variance_by_order(2), f.total_variance])
+
+
+def test_saltelli_scrambled_sobol_few_nets_calibrated():
+    # 4 independent scrambles of one non-power-of-two net size: leave-one-net-out centring
+    # keeps it unbiased; stderr from the spread of the 4 net estimates
+    f = g_function([0.0, 1.0, 2.0, 9.0])
+    runs = [fg.decompose(f, f.dist, method="sobol", max_order=1, n=1200, complements=1,
+                         seed=s, sampler="sobol", scrambles=4, estimator="saltelli")
+            for s in range(25)]
+    assert runs[0].info["n"] == 1200 and runs[0].info["groups"] == 4
+    _calibrated(runs, np.r_[f.variance_by_order(1), f.total_variance])
+
+
+def test_staged_per_stage_estimators_calibrated():
+    f = random_product_sum(d=6, orders=[1, 2, 3, 4], seed=1)
+    kw = dict(method="sobol", max_order=3, n=[400, 100, 50], complements=[1, 2, 4],
+              estimator=["saltelli", "combined", "ustat"])
+    runs = [fg.decompose(f, f.dist, seed=s, **kw) for s in range(25)]
+    _within(runs[0], f, 3)
+    _calibrated(runs, np.r_[f.variance_by_order(3), f.total_variance])
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"estimator": "jansen"}, "estimator"),
+        ({"estimator": ["saltelli", "ustat"], "max_order": 3}, "estimator"),
+        ({"complements": 1, "estimator": "combined"}, "complements"),
+        ({"complements": 1, "estimator": "saltelli", "return_subsets": True}, "complements"),
+        ({"complements": [1, 1], "estimator": ["saltelli", "ustat"], "max_order": 2},
+         "complements"),
+    ],
+)
+def test_estimator_bad_input_names_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        fg.decompose(lambda X: X[:, 0], fg.Uniform(d=3), method="sobol", **kwargs)

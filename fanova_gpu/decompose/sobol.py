@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -122,11 +123,14 @@ def _point_chunks(dist, n: int, m: int, seed: int, sampler: str, scrambles: int,
         return
     from scipy.stats import qmc  # imported here: scipy.stats takes ~0.5 s to import
 
-    log2 = max(1, int(math.floor(math.log2(max(2, n // scrambles)))))
+    size = max(2, n // scrambles)  # points per net; powers of two keep the net property
     for g in range(scrambles):
         key = [*np.atleast_1d(seed).tolist(), g]
         eng = qmc.Sobol((m + 1) * dist.d, scramble=True, seed=np.random.default_rng(key))
-        pts = _from_unit(dist, eng.random_base2(log2).reshape(-1, m + 1, dist.d))
+        with warnings.catch_warnings():  # a non-power-of-two prefix: still unbiased
+            warnings.simplefilter("ignore", UserWarning)
+            U = eng.random(size)
+        pts = _from_unit(dist, U.reshape(-1, m + 1, dist.d))
         for start in range(0, len(pts), batch):
             yield pts[start : start + batch], start + batch >= len(pts)
 
@@ -165,16 +169,27 @@ def _default_budget(device: torch.device) -> int:
     return 512 << 20
 
 
-def _per_stage(name: str, value, K: int) -> list[int] | None:
-    """None for one int; a list of K ints (>= 2) for one value per order."""
+def _per_stage(name: str, value, K: int, low: int = 2) -> list[int] | None:
+    """None for one int; a list of K ints (>= low) for one value per order."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        _check_int(name, value, 2)
+        _check_int(name, value, low)
         return None
     vals = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
     if vals is None or len(vals) != K:
-        raise ValueError(f"{name}: expected an integer >= 2 or {K} of them (one per order), "
-                         f"got {value!r}")
-    return [_check_int(name, v, 2) for v in vals]
+        raise ValueError(f"{name}: expected an integer >= {low} or {K} of them (one per "
+                         f"order), got {value!r}")
+    return [_check_int(name, v, low) for v in vals]
+
+
+def _per_estimator(value, K: int) -> list[str] | None:
+    """None for one estimator name; a list of K names for one per stage."""
+    names = ("ustat", "saltelli", "combined")
+    if isinstance(value, str) and value in names:
+        return None
+    if isinstance(value, (list, tuple)) and len(value) == K and all(v in names for v in value):
+        return list(value)
+    raise ValueError(f"estimator: expected one of {names} or {K} of them (one per order), "
+                     f"got {value!r}")
 
 
 def _run_stage(ev: _Evaluator, dist, K: int, n: int, m: int, seed, opts: dict) -> dict:
@@ -218,9 +233,14 @@ def _run_stage(ev: _Evaluator, dist, K: int, n: int, m: int, seed, opts: dict) -
         for child, parent in steps:  # fast Moebius transform over the subset lattice
             D.index_add_(0, child, D.index_select(0, parent), alpha=-1.0)
         s1, s2 = D.sum(dim=3), (D * D).sum(dim=3)  # [S, R, b]
-        P = (s1 * s1 - s2) / (m * (m - 1))  # per-point unbiased Var f_u, [S, R, b]
+        P = (s1 * s1 - s2) / max(m * (m - 1), 1)  # per-point unbiased Var f_u, [S, R, b]
         Q = torch.zeros(K + 1, R, b, dtype=torch.float64, device=dev).index_add_(0, sizes, P)
-        A = torch.cat([Q[1:], T[None]], dim=0).permute(1, 2, 0)  # [R, b, K+1]
+        # first-moment form: Bk = mean_j sum_{|u|=k} Delta_u(x, z^j), E[F(x) Bk] = V_k
+        Bk = torch.zeros(K + 1, R, b, dtype=torch.float64, device=dev).index_add_(
+            0, sizes, s1 / m)[1:]  # [K, R, b]
+        Fx = y[:, S * b * m :]  # [R, b]
+        A = torch.cat([Q[1:], T[None], Fx[None] * Bk, Bk, Fx[None]], dim=0)
+        A = A.permute(1, 2, 0)  # [R, b, 3K+2]: Q_1..Q_K, T, F(x) B_k, B_k, F(x)
         P = P.permute(1, 2, 0)  # [R, b, S]
         done += b
         if sampler == "random":
@@ -240,13 +260,75 @@ def _run_stage(ev: _Evaluator, dist, K: int, n: int, m: int, seed, opts: dict) -
                 gn = 0
         enough = done >= opts["min_n"] and stats.k >= (2 if sampler == "random" else 4)
         if opts["target"] is not None and enough and group_end and done < n:
-            if _reached(stats, K, opts["target"], opts["check"], opts.get("total_ref")):
+            est = _Derived(stats, K, opts["estimator"])
+            if _reached(est, K, opts["target"], opts["check"], opts.get("total_ref")):
                 break
-    return {"K": K, "m": m, "n": done, "evaluations": done * rows_per_point, "stats": stats,
+    return {"K": K, "m": m, "n": done, "evaluations": done * rows_per_point,
+            "stats": _Derived(stats, K, opts["estimator"]), "groups": stats.k,
             "sub_stats": sub_stats, "subsets": subsets, "batch_size": batch_size}
 
 
-def _reached(stats: _Stats, K: int, target: float, check: str,
+class _Derived:
+    """Estimates (Q_1..Q_K, T) [R, K+1] and their covariance from the raw observation means.
+
+    "ustat": Q_k = the U-statistic over pairs of complements. "saltelli": the first-moment
+    (Sobol' 2007 / Saltelli 2010) form Q_k = E[(F(x) - c) B_k], B_k = mean_j sum_{|u|=k}
+    Delta_u(x, z^j): E[F(x) Delta_u(x, z)] = E f_u(x)^2 since the other components of F(x)
+    are orthogonal to f_u; centring at c = mean F is free because E[Delta_u] = 0 (u nonempty)
+    and cuts the variance by ~(E F)^2 / Var F. With c the mean of the *other* groups
+    (points, or scrambled nets; independent of this one) it is exactly unbiased:
+    mean(F B) - mean(F) mean(B) + cov_of_mean(F, B). "combined": per order the
+    variance-minimizing mix w Q_ustat + (1 - w) Q_saltelli with w from the estimated
+    covariances (O(1/groups) bias from estimating w). Standard errors by the delta method.
+    """
+
+    def __init__(self, stats: _Stats, K: int, estimator: str):
+        mu, C = stats.mean(), stats.cov_of_mean()  # [R, 3K+2], [R, 3K+2, 3K+2]
+        R, p = mu.shape
+        dev = mu.device
+        iF = 3 * K + 1
+        J = torch.zeros(R, K + 1, p, dtype=mu.dtype, device=dev)  # gradient of outputs
+        out = mu[:, : K + 1].clone()
+        if estimator != "ustat":
+            # saltelli estimates and their gradients, rows 0..K-1 of Js
+            Js = torch.zeros(R, K, p, dtype=mu.dtype, device=dev)
+            sal = torch.empty(R, K, dtype=mu.dtype, device=dev)
+            for k in range(K):
+                iFB, iB = K + 1 + k, 2 * K + 1 + k
+                sal[:, k] = mu[:, iFB] - mu[:, iF] * mu[:, iB] + C[:, iF, iB]
+                Js[:, k, iFB] = 1.0
+                Js[:, k, iB] = -mu[:, iF]
+                Js[:, k, iF] = -mu[:, iB]
+            if estimator == "saltelli":
+                out[:, :K] = sal
+                J[:, :K] = Js
+            else:  # combined
+                Ju = torch.zeros_like(Js)
+                Ju[:, :, :K] = torch.eye(K, dtype=mu.dtype, device=dev)
+                for k in range(K):
+                    a, b = Ju[:, k], Js[:, k]  # [R, p]
+                    va = torch.einsum("rp,rpq,rq->r", a, C, a)
+                    vb = torch.einsum("rp,rpq,rq->r", b, C, b)
+                    cab = torch.einsum("rp,rpq,rq->r", a, C, b)
+                    den = va + vb - 2 * cab
+                    w = torch.where(den > 0, (vb - cab) / den.clamp_min(1e-300),
+                                    torch.full_like(den, 0.5)).clamp(0.0, 1.0)  # [R]
+                    out[:, k] = w * mu[:, k] + (1 - w) * sal[:, k]
+                    J[:, k] = w[:, None] * a + (1 - w)[:, None] * b
+        else:
+            J[:, :K, :K] = torch.eye(K, dtype=mu.dtype, device=dev)
+        J[:, K, K] = 1.0  # T
+        self._mean, self._cov = out, J @ C @ J.transpose(1, 2)
+        self.k = stats.k
+
+    def mean(self) -> torch.Tensor:
+        return self._mean
+
+    def cov_of_mean(self) -> torch.Tensor:
+        return self._cov
+
+
+def _reached(stats: _Derived, K: int, target: float, check: str,
              total_ref: torch.Tensor | None = None) -> bool:
     """Stopping rule: "all" orders, Var F and the tail; the "top" order (+ Var F: "top+total")."""
     mean, C = stats.mean(), stats.cov_of_mean()  # [R, K+1], [R, K+1, K+1]
@@ -277,6 +359,7 @@ def decompose(
     scrambles: int = 16,
     input: str = "auto",
     dtype: str = "float64",
+    estimator: str = "ustat",
 ) -> EffectSizes:
     """Unbiased V_1..V_K, V_>K and Var F of F under `dist`, each with its standard error.
 
@@ -303,7 +386,14 @@ def decompose(
     if not isinstance(dist, (Uniform, Normal)):
         raise ValueError(f"dist: expected fg.Uniform or fg.Normal, got {type(dist).__name__}")
     K = _check_int("max_order", max_order, 1)
-    ns, ms = _per_stage("n", n, K), _per_stage("complements", complements, K)
+    ns, es = _per_stage("n", n, K), _per_estimator(estimator, K)
+    ms = _per_stage("complements", complements, K, low=1)
+    for k in range(K):  # the U-statistic needs two complements, the first-moment form one
+        m_k = int(complements) if ms is None else ms[k]
+        e_k = estimator if es is None else es[k]
+        if m_k < 2 and (e_k != "saltelli" or return_subsets):
+            why = "return_subsets" if e_k == "saltelli" else f"estimator={e_k!r}"
+            raise ValueError(f"complements: expected >= 2 with {why}, got {m_k}")
     seed = _check_int("seed", seed, 0)
     min_n = _check_int("min_n", min_n, 2)
     if target is not None and not (isinstance(target, (int, float)) and target > 0):
@@ -315,12 +405,13 @@ def decompose(
         batch_size = _check_int("batch_size", batch_size, 1)
     dev = resolve_device(device)
     ev = _Evaluator(f, dev, input, dtype)
-    if ns is None and ms is None:
-        stages = [(K, int(n), int(complements), seed)]
+    if ns is None and ms is None and es is None:
+        stages = [(K, int(n), int(complements), seed, estimator)]
     else:
         ns = ns or [int(n)] * K
         ms = ms or [int(complements)] * K
-        stages = [(k, ns[k - 1], ms[k - 1], [seed, k]) for k in range(1, K + 1)]
+        es = es or [estimator] * K
+        stages = [(k, ns[k - 1], ms[k - 1], [seed, k], es[k - 1]) for k in range(1, K + 1)]
 
     opts = {"sampler": sampler, "scrambles": scrambles, "batch_size": batch_size,
             "return_subsets": return_subsets, "min_n": min_n, "target": target,
@@ -332,7 +423,8 @@ def decompose(
                                    device=dev))  # [R, 1]: learn R cheaply
         opts["R"] = probe.shape[0]
     runs = []
-    for i, (k, n_k, m_k, s_k) in enumerate(stages):
+    for i, (k, n_k, m_k, s_k, e_k) in enumerate(stages):
+        opts["estimator"] = e_k
         if len(stages) > 1:  # Var F is pooled over all stages; the first one makes it precise
             opts["check"] = "top+total" if i == 0 else "top"
         runs.append(_run_stage(ev, dist, k, n_k, m_k, s_k, opts))
@@ -361,7 +453,8 @@ def decompose(
         "cov": cov,  # covariance of the estimates (V_1..V_K, V_>K, Var F)
         "batch_size": [rn["batch_size"] for rn in runs] if staged else runs[0]["batch_size"],
         "sampler": sampler,
-        "groups": sum(rn["stats"].k for rn in runs),  # iid observations behind the stderr
+        "groups": sum(rn["groups"] for rn in runs),
+        "estimator": estimator,
     }
     if return_subsets:
         info["subset_variances"], info["subset_stderr"] = _pool_subsets(runs)
