@@ -296,9 +296,48 @@ def test_staged_per_stage_estimators_calibrated():
     _calibrated(runs, np.r_[f.variance_by_order(3), f.total_variance])
 
 
+def test_mirror_exact_on_additive_and_within_4_stderr():
+    # additive F: the mirrored per-point estimate of V_1 equals the per-point Var F estimate
+    # (F(x) - F(z))^2 / 2 identically, so V_1 == Var F and V_>1 == 0 up to rounding
+    f = random_product_sum(d=5, orders=[1, 1, 1, 1], seed=3)
+    res = fg.decompose(f, f.dist, method="sobol", max_order=2, n=300, complements=1, seed=1,
+                       estimator="saltelli", mirror=True)
+    assert res.info["evaluations"] == budget_evaluations(5, 2, 300, 1, mirror=True)
+    assert res.variance_by_order[0] == pytest.approx(res.total_variance, rel=1e-10)
+    assert abs(res.variance_by_order[1]) <= 1e-10 * res.total_variance
+    _within(res, f, 2)
+    g = ishigami()
+    _within(fg.decompose(g, g.dist, method="sobol", max_order=2, n=3000, complements=1, seed=2,
+                         estimator="saltelli", mirror=True), g, 2)
+
+
+@pytest.mark.parametrize("sampler", ["random", "sobol"])
+def test_mirror_calibrated_over_seeds(sampler):
+    f = g_function([0.0, 1.0, 2.0, 9.0])
+    runs = [fg.decompose(f, f.dist, method="sobol", max_order=2, n=400, complements=1, seed=s,
+                         estimator="saltelli", mirror=True, sampler=sampler, scrambles=4)
+            for s in range(25)]
+    _calibrated(runs, np.r_[f.variance_by_order(2), f.total_variance])
+
+
+def test_staged_pool_first_calibrated():
+    # V_k from stage k alone, Var F from stage 1: unbiased, stderr calibrated
+    f = random_product_sum(d=6, orders=[1, 2, 3, 4], seed=1)
+    kw = dict(method="sobol", max_order=3, n=[400, 100, 50], complements=[1, 2, 4],
+              estimator=["saltelli", "combined", "ustat"], mirror=True, pool="first")
+    runs = [fg.decompose(f, f.dist, seed=s, **kw) for s in range(25)]
+    assert runs[0].info["evaluations"] == sum(
+        budget_evaluations(6, k, n, m, mirror=True)
+        for k, n, m in zip([1, 2, 3], [400, 100, 50], [1, 2, 4], strict=True))
+    _within(runs[0], f, 3)
+    _calibrated(runs, np.r_[f.variance_by_order(3), f.total_variance])
+
+
 @pytest.mark.parametrize(
     "kwargs,field",
     [
+        ({"pool": "inverse"}, "pool"),
+        ({"mirror": 1}, "mirror"),
         ({"estimator": "jansen"}, "estimator"),
         ({"estimator": ["saltelli", "ustat"], "max_order": 3}, "estimator"),
         ({"complements": 1, "estimator": "combined"}, "complements"),
