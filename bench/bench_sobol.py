@@ -57,6 +57,17 @@ def test_sobol_g_function_k3(benchmark):
         res.variance_by_order[:3] - f.variance_by_order(3)[:3]).tolist()
 
 
+@pytest.mark.benchmark(group="sobol-gfunction")
+def test_sobol_g_function_staged_first_moment(benchmark):
+    # the design that matches SALib's V_1 error at its budget and adds V_2, V_3 (report_sobol)
+    f = g_function(rs.G_A)
+    spec = dict(rs.STAGED, share=[0.8, 0.15, 0.05], scrambles=2)
+    frac, evals = benchmark(rs.ours_fractions, f, 1024, spec, 0)
+    benchmark.extra_info["evaluations"] = int(evals)
+    benchmark.extra_info["abs_error_fractions_V1_V2_V3"] = np.abs(
+        frac - f.variance_by_order(3)[:3] / f.total_variance).tolist()
+
+
 @pytest.mark.benchmark(group="grid")
 def test_grid_d6_8_nodes(benchmark):
     f = random_product_sum(d=6, orders=[1, 2, 3, 6], seed=0)
