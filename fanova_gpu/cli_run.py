@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -166,7 +167,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"fanova-gpu run: {len(grid)} replicas on {X.shape[0]} x {X.shape[1]} "
           f"({cfg['data']['generator']}), {kwargs['steps']} steps, device {device}", flush=True)
     t0 = time.perf_counter()
-    run = train_replicas(X, y, grid, on_chunk=on_chunk, progress=args.progress, **kwargs)
+    try:
+        run = train_replicas(X, y, grid, on_chunk=on_chunk, progress=args.progress, **kwargs)
+    except KeyboardInterrupt:
+        if out is not None:  # finished chunks are already on disk; say where the run stopped
+            manifest["status"] = "interrupted"
+            _write_json(out / "manifest.json", manifest)
+            print(f"interrupted: {manifest['chunks_done']} finished chunk(s) kept in "
+                  f"{out}/chunks/", file=sys.stderr)
+        return 130
     seconds = time.perf_counter() - t0
     df = summary(run, X, y)
 

@@ -87,3 +87,28 @@ def test_bad_config_exits_2_naming_the_field(tmp_path, capsys, text, field):
 def test_missing_config_file_exits_2(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml" in capsys.readouterr().err
+
+
+def test_interrupted_run_keeps_finished_chunks(tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the first of two chunks: that chunk stays on disk, the manifest says so."""
+    import fanova_gpu.replicas as replicas
+
+    real = replicas.train_replicas
+
+    def interrupted_after_first_chunk(*args, on_chunk=None, **kwargs):
+        def first_then_stop(rows, res):
+            on_chunk(rows, res)
+            raise KeyboardInterrupt
+
+        return real(*args, on_chunk=first_then_stop, **kwargs)
+
+    monkeypatch.setattr(replicas, "train_replicas", interrupted_after_first_chunk)
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 130
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["chunks_done"] == 1
+    part = pd.read_parquet(out / "chunks" / "replicas-0000.parquet")
+    assert len(part) == 2 and np.all(part["steps_run"] == 15)
+    assert "1 finished chunk(s) kept" in capsys.readouterr().err
