@@ -79,33 +79,32 @@ class ReplicaGrid:
     depth: int = 3
 
     def __post_init__(self) -> None:
-        seeds = _as_tuple("seeds", self.seeds)
-        for s in seeds:
-            if not _is_int(s) or s < 0:
-                raise ValueError(f"seeds: expected non-negative integers, got {s!r}")
-        rates = _as_tuple("dropout_rates", self.dropout_rates)
-        for p in rates:
-            if not _is_real(p) or not (0.0 <= float(p) < 1.0):
-                raise ValueError(f"dropout_rates: expected values in [0, 1), got {p!r}")
-        kinds = _as_tuple("dropout_kinds", self.dropout_kinds)
-        for k in kinds:
-            if k not in KINDS:
-                raise ValueError(f"dropout_kinds: expected one of {KINDS}, got {k!r}")
-        widths = _as_tuple("widths", self.widths)
-        for w in widths:
-            if not _is_int(w) or w < 1:
-                raise ValueError(f"widths: expected positive integers, got {w!r}")
-        decays = _as_tuple("weight_decays", self.weight_decays)
-        for wd in decays:
-            if not _is_real(wd) or not (math.isfinite(float(wd)) and float(wd) >= 0.0):
-                raise ValueError(f"weight_decays: expected finite values >= 0, got {wd!r}")
+        def checked(name: str, ok, expected: str, cast) -> tuple:
+            values = _as_tuple(name, getattr(self, name))
+            for v in values:
+                if not ok(v):
+                    raise ValueError(f"{name}: expected {expected}, got {v!r}")
+            return tuple(cast(v) for v in values)
+
+        fields = {
+            "seeds": checked("seeds", lambda s: _is_int(s) and s >= 0,
+                             "non-negative integers", int),
+            "dropout_rates": checked("dropout_rates",
+                                     lambda p: _is_real(p) and 0.0 <= float(p) < 1.0,
+                                     "values in [0, 1)", float),
+            "dropout_kinds": checked("dropout_kinds", lambda k: k in KINDS,
+                                     f"one of {KINDS}", str),
+            "widths": checked("widths", lambda w: _is_int(w) and w >= 1,
+                              "positive integers", int),
+            "weight_decays": checked("weight_decays",
+                                     lambda wd: _is_real(wd) and math.isfinite(float(wd))
+                                     and float(wd) >= 0.0,
+                                     "finite values >= 0", float),
+        }
         if not _is_int(self.depth) or self.depth < 1:
             raise ValueError(f"depth: expected a positive integer, got {self.depth!r}")
-        object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
-        object.__setattr__(self, "dropout_rates", tuple(float(p) for p in rates))
-        object.__setattr__(self, "dropout_kinds", tuple(str(k) for k in kinds))
-        object.__setattr__(self, "widths", tuple(int(w) for w in widths))
-        object.__setattr__(self, "weight_decays", tuple(float(wd) for wd in decays))
+        for name, values in fields.items():
+            object.__setattr__(self, name, values)
         object.__setattr__(self, "depth", int(self.depth))
 
     def __len__(self) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import theory
+from .decompose.grid import quadrature
 from .kernels import mask_sampling as ms
 from .kernels.rng import derive_key, uniform_numpy
 
@@ -156,17 +157,6 @@ def _enumerate_product_sum(enc, gx, mu, g0, p: float) -> tuple[np.ndarray, np.nd
         cond += pc
         zero += pz
     return w @ cond, w @ zero
-
-
-def quadrature(dist, nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss nodes and probability weights of one input's distribution (Legendre / Hermite)."""
-    if hasattr(dist, "low"):
-        z, w = np.polynomial.legendre.leggauss(nodes)
-        return dist.low + (z + 1.0) * (dist.high - dist.low) / 2.0, w / 2.0
-    if hasattr(dist, "std"):
-        z, w = np.polynomial.hermite_e.hermegauss(nodes)
-        return dist.mean + dist.std * z, w / math.sqrt(2.0 * math.pi)
-    raise ValueError(f"dist: expected a Uniform or Normal distribution, got {dist!r}")
 
 
 def _call(f, X: np.ndarray) -> np.ndarray:
